@@ -1,0 +1,198 @@
+"""ONNX frontend: ``load_onnx(model, shapes) -> ir.Graph``.
+
+>>> import numpy as np
+>>> from onnx import helper, TensorProto
+>>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+>>> graph = load_onnx(helper.make_model(g), shapes={"batch": 2})
+>>> graph.inputs[0].shape
+(2, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from nerve.errors import ModelFormatError, ShapeError, UnboundDimensionError, UnsupportedOperatorError
+from nerve.frontend.onnx.context import (
+    CONSTANT_PARAM_MIN_ELEMENTS,
+    ImportContext,
+    schema_since_version,
+    tensor_to_array,
+)
+from nerve.frontend.onnx.loader import ModelSource, default_opset, read_model
+from nerve.frontend.onnx.registry import lookup, supported_ops
+from nerve.ir import DType, Graph, TensorType, verify
+
+# shapes={"input": (1, 3, 224, 224)} binds a whole input; shapes={"batch": 1} binds a symbol.
+ShapeSpec = Mapping[str, Sequence[int] | int]
+
+
+def load_onnx(model: ModelSource, shapes: ShapeSpec | None = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a static-shape IR graph."""
+    proto = read_model(model)
+    opset = default_opset(proto)
+    _check_supported(proto.graph, proto)
+    graph = Graph(proto.graph.name or "model")
+    ctx = ImportContext(graph, opset)
+
+    initializer_names = {t.name for t in proto.graph.initializer}
+    _bind_inputs(graph, proto.graph, initializer_names, shapes or {})
+    for tensor in proto.graph.initializer:
+        array, dtype = tensor_to_array(tensor)
+        if dtype.is_float:
+            graph.add_param(tensor.name, array, dtype)
+        else:
+            graph.add_constant(tensor.name, array, dtype)
+    if proto.graph.sparse_initializer:
+        raise ModelFormatError("sparse initializers are not supported; densify them first")
+
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            _import_constant(ctx, node)
+            continue
+        version = schema_since_version(node.op_type, node.domain, opset) or 0
+        imp = lookup(node.op_type, node.domain, version)
+        assert imp is not None  # _check_supported already refused the rest
+        imp.fn(ctx, node)
+
+    graph.set_outputs([o.name for o in proto.graph.output])
+    _check_declared_outputs(graph, proto.graph)
+    verify(graph)
+    return graph
+
+
+def _check_supported(g: onnx.GraphProto, proto: onnx.ModelProto) -> None:
+    """Refuse, before anything else happens, every op nerve cannot import — all of them at once."""
+    opset = default_opset(proto)
+    missing: dict[str, list[str]] = {}
+    for i, node in enumerate(g.node):
+        label = node.name or f"#{i}"
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            continue
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        version = schema_since_version(node.op_type, domain, opset)
+        if version is None or lookup(node.op_type, domain, version) is None:
+            key = node.op_type if not domain else f"{domain}.{node.op_type}"
+            missing.setdefault(key, []).append(label)
+    if missing:
+        raise UnsupportedOperatorError(
+            missing,
+            detail=(
+                f"nerve imports {len(supported_ops())} ONNX op types (see docs/conformance.md); "
+                "these are not among them"
+            ),
+        )
+
+
+def _bind_inputs(
+    graph: Graph, g: onnx.GraphProto, initializers: set[str], shapes: ShapeSpec
+) -> None:
+    input_names = [v.name for v in g.input if v.name not in initializers]
+    symbols = {k: v for k, v in shapes.items() if k not in input_names}
+    unknown = [k for k, v in symbols.items() if not isinstance(v, (int, np.integer))]
+    if unknown:
+        raise ShapeError(
+            f"shapes names {unknown}, which are not inputs of the model (inputs: "
+            f"{input_names}); give input shapes as tuples and symbols as integers"
+        )
+    unbound: list[tuple[str, int, str]] = []
+    for vi in g.input:
+        if vi.name in initializers:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelFormatError(f"input {vi.name!r} is not a tensor; nerve takes tensors only")
+        dtype = DType.from_onnx(tt.elem_type)
+        dims = list(tt.shape.dim) if tt.HasField("shape") else None
+        given = shapes.get(vi.name)
+        if given is not None:
+            if isinstance(given, (int, np.integer)):
+                raise ShapeError(f"shapes[{vi.name!r}] must be a tuple of dimensions")
+            shape = tuple(int(d) for d in given)
+            if dims is not None and len(dims) != len(shape):
+                raise ShapeError(
+                    f"input {vi.name!r} has rank {len(dims)} but shapes gives {shape}"
+                )
+            for axis, (d, s) in enumerate(zip(dims or [], shape)):
+                if d.HasField("dim_value") and d.dim_value != s:
+                    raise ShapeError(
+                        f"input {vi.name!r} axis {axis} is fixed at {d.dim_value} in the model "
+                        f"but shapes gives {s}"
+                    )
+            graph.add_input(vi.name, TensorType(dtype, shape))
+            continue
+        if dims is None:
+            raise UnboundDimensionError([(vi.name, -1, "rank unknown")])
+        resolved = []
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value"):
+                resolved.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param in symbols:
+                resolved.append(int(symbols[d.dim_param]))  # type: ignore[arg-type]
+            else:
+                unbound.append((vi.name, axis, d.dim_param or "?"))
+                resolved.append(-1)
+        if -1 not in resolved:
+            graph.add_input(vi.name, TensorType(dtype, tuple(resolved)))
+    if unbound:
+        raise UnboundDimensionError(unbound)
+
+
+def _import_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    attrs = ctx.attrs(node)
+    values = [k for k in attrs if k.startswith("value") or k == "sparse_value"]
+    if len(values) != 1:
+        raise ModelFormatError(
+            f"Constant node {node.name!r} must have exactly one value attribute, has {values}"
+        )
+    key = values[0]
+    value = attrs[key]
+    if key == "sparse_value":
+        raise ModelFormatError(f"Constant node {node.name!r}: sparse values are not supported")
+    dtype = None
+    if key == "value_float" or key == "value_floats":
+        array = np.asarray(value, dtype=np.float32)
+    elif key == "value_int" or key == "value_ints":
+        array = np.asarray(value, dtype=np.int64)
+    elif key == "value_string" or key == "value_strings":
+        array = np.asarray(value, dtype=object)
+    else:
+        tensor = next(a.t for a in node.attribute if a.name == "value")
+        array, dtype = tensor_to_array(tensor)
+    out = node.output[0]
+    dt = dtype or DType.from_numpy(array.dtype)
+    if dt.is_float and array.size >= CONSTANT_PARAM_MIN_ELEMENTS:
+        ctx.graph.add_param(out, array, dt)
+    else:
+        ctx.graph.add_constant(out, array, dt)
+
+
+def _check_declared_outputs(graph: Graph, g: onnx.GraphProto) -> None:
+    for vi in g.output:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        got = graph.types[vi.name]
+        if tt.elem_type and DType.from_onnx(tt.elem_type) != got.dtype:
+            raise ShapeError(
+                f"output {vi.name!r}: the model declares {DType.from_onnx(tt.elem_type).value} "
+                f"but its producer computes {got.dtype.value}"
+            )
+        if tt.HasField("shape"):
+            dims = list(tt.shape.dim)
+            if len(dims) != got.rank or any(
+                d.HasField("dim_value") and d.dim_value != s for d, s in zip(dims, got.shape)
+            ):
+                declared = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+                raise ShapeError(
+                    f"output {vi.name!r}: the model declares shape {declared} but nerve infers "
+                    f"{list(got.shape)}"
+                )
+
+
+__all__ = ["load_onnx", "read_model"]

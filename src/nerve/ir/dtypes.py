@@ -1,0 +1,133 @@
+"""Element types of the IR and their numpy and ONNX equivalents.
+
+numpy has no bfloat16; nerve stores bfloat16 tensors as uint16 bit patterns in memory and
+names the type ``bfloat16`` in the IR, so no precision is lost in transit.
+
+>>> from nerve.ir.dtypes import DType
+>>> DType.FLOAT32.numpy, DType.from_onnx(7)
+(dtype('float32'), <DType.INT64: 'int64'>)
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+from onnx import TensorProto
+
+from nerve.errors import ModelFormatError
+
+
+class DType(enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    BOOL = "bool"
+    STRING = "string"
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype that holds this type's values (uint16 bit patterns for bfloat16)."""
+        return _NUMPY[self]
+
+    @property
+    def onnx(self) -> int:
+        """The ``TensorProto.DataType`` code."""
+        return _ONNX[self]
+
+    @property
+    def itemsize(self) -> int:
+        return 0 if self is DType.STRING else int(self.numpy.itemsize)
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.FLOAT32, DType.FLOAT64, DType.FLOAT16, DType.BFLOAT16)
+
+    @property
+    def is_integer(self) -> bool:
+        return not self.is_float and self not in (DType.BOOL, DType.STRING)
+
+    @staticmethod
+    def from_onnx(code: int) -> DType:
+        try:
+            return _FROM_ONNX[code]
+        except KeyError:
+            name = TensorProto.DataType.Name(code) if code in TensorProto.DataType.values() else code
+            raise ModelFormatError(
+                f"ONNX element type {name} is not supported by nerve; supported: "
+                + ", ".join(d.value for d in DType)
+            ) from None
+
+    @staticmethod
+    def from_numpy(dtype: np.dtype | type) -> DType:
+        dt = np.dtype(dtype)
+        if dt.kind in ("U", "S", "O"):
+            return DType.STRING
+        try:
+            return _FROM_NUMPY[dt]
+        except KeyError:
+            raise ModelFormatError(f"numpy dtype {dt} has no nerve equivalent") from None
+
+
+_NUMPY: dict[DType, np.dtype] = {
+    DType.FLOAT32: np.dtype(np.float32),
+    DType.FLOAT64: np.dtype(np.float64),
+    DType.FLOAT16: np.dtype(np.float16),
+    DType.BFLOAT16: np.dtype(np.uint16),
+    DType.INT8: np.dtype(np.int8),
+    DType.UINT8: np.dtype(np.uint8),
+    DType.INT16: np.dtype(np.int16),
+    DType.UINT16: np.dtype(np.uint16),
+    DType.INT32: np.dtype(np.int32),
+    DType.UINT32: np.dtype(np.uint32),
+    DType.INT64: np.dtype(np.int64),
+    DType.UINT64: np.dtype(np.uint64),
+    DType.BOOL: np.dtype(np.bool_),
+    DType.STRING: np.dtype(object),
+}
+
+_ONNX: dict[DType, int] = {
+    DType.FLOAT32: TensorProto.FLOAT,
+    DType.FLOAT64: TensorProto.DOUBLE,
+    DType.FLOAT16: TensorProto.FLOAT16,
+    DType.BFLOAT16: TensorProto.BFLOAT16,
+    DType.INT8: TensorProto.INT8,
+    DType.UINT8: TensorProto.UINT8,
+    DType.INT16: TensorProto.INT16,
+    DType.UINT16: TensorProto.UINT16,
+    DType.INT32: TensorProto.INT32,
+    DType.UINT32: TensorProto.UINT32,
+    DType.INT64: TensorProto.INT64,
+    DType.UINT64: TensorProto.UINT64,
+    DType.BOOL: TensorProto.BOOL,
+    DType.STRING: TensorProto.STRING,
+}
+
+_FROM_ONNX = {code: dt for dt, code in _ONNX.items()}
+# uint16 maps back to UINT16; bfloat16 only ever comes from ONNX or explicit IR types.
+_FROM_NUMPY = {npdt: dt for dt, npdt in _NUMPY.items() if dt not in (DType.BFLOAT16, DType.STRING)}
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 bit patterns (uint16) to float32 exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 bit patterns, round-to-nearest-even (NaN stays NaN)."""
+    v = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = ((v >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((v + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if np.any(nan):
+        out = np.where(nan, np.uint16(0x7FC0), out)
+    return out
