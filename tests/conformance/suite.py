@@ -19,7 +19,7 @@ from onnx.backend.test.case.test_case import TestCase
 from nerve.engines.host.registry import supported_kernels
 from nerve.frontend.onnx.registry import supported_ops
 
-from .excludes import EXCLUDED
+from tests.conformance.excludes import EXCLUDED
 
 
 @functools.cache

@@ -1,0 +1,3 @@
+"""Excluded cases of the elementwise family: case name -> why it fails."""
+
+EXCLUDED: dict[str, str] = {}
