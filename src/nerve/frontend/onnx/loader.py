@@ -47,6 +47,11 @@ def read_model(model: ModelSource) -> onnx.ModelProto:
                 "file next to its data files"
             ) from None
         except Exception as exc:
+            if "should be stored in" in str(exc):  # onnx's words for a missing external file
+                raise ModelFormatError(
+                    f"{path}: an external data file is missing or unreadable ({exc}); keep the "
+                    ".onnx file next to its data files"
+                ) from None
             raise ModelFormatError(f"{path} is not a valid ONNX model: {exc}") from None
     else:
         raise ModelFormatError(
