@@ -148,7 +148,7 @@ def test_old_opset_is_upgraded() -> None:
     model = relu_add_model([2, 3], opset=9)
     x = np.array([[-1, 0, 1], [2, -3, 4]], np.float32)
     got = nerve.compile(model).run({"x": x})["y"]
-    np.testing.assert_array_equal(got, np.maximum(x, 0) + [1, 2, 3])
+    np.testing.assert_array_equal(got, np.maximum(x, 0) + np.array([1, 2, 3], np.float32))
 
 
 def test_external_data_is_loaded(tmp_path: Path) -> None:
@@ -184,6 +184,8 @@ def test_static_shape_math_is_folded() -> None:
         helper.make_node("Reshape", ["x", "shape"], ["y"]),
     ]
     model = relu_add_model(["b", 2, 3], nodes=nodes)
+    # y is [b, 6], not x's [b, 2, 3]
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 6]))
     model.graph.initializer.extend([
         numpy_helper.from_array(np.array(0, np.int64), "zero"),
         numpy_helper.from_array(np.array([0], np.int64), "zero1"),

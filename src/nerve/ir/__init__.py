@@ -1,5 +1,7 @@
 """nerve's graph IR: static-shape graphs whose weights live apart from their structure."""
 
+# fused_ops registers the nerve-domain fused ops' type rules on import.
+from nerve.ir import fused_ops
 from nerve.ir.dtypes import DType
 from nerve.ir.graph import NERVE_DOMAIN, ONNX_DOMAIN, Graph, Node, Param, Value
 from nerve.ir.infer import fold_shape_op, infer_node
@@ -22,6 +24,7 @@ __all__ = [
     "Value",
     "fold_shape_op",
     "format_graph",
+    "fused_ops",
     "infer_node",
     "register_op",
     "structural_description",

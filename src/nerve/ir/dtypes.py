@@ -124,7 +124,8 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 bit patterns, round-to-nearest-even (NaN stays NaN)."""
-    v = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    # ascontiguousarray makes a 0-d array 1-d: reshape so a scalar stays a scalar.
+    v = np.ascontiguousarray(values, dtype=np.float32).reshape(np.shape(values)).view(np.uint32)
     rounding = ((v >> 16) & 1) + np.uint32(0x7FFF)
     out = ((v + rounding) >> 16).astype(np.uint16)
     nan = np.isnan(values)

@@ -20,13 +20,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from nerve.errors import ShapeError
-from nerve.ir.dtypes import DType
+from nerve.ir.dtypes import DType, bfloat16_to_float32, float32_to_bfloat16
 from nerve.ir.graph import NERVE_DOMAIN, Node
 from nerve.ir.opset import NERVE_OPS, ONNX_OPSET, onnx_schema
 from nerve.ir.types import TensorType
 
 # Folded results larger than this stay nodes: their bytes would bloat the structure.
 MAX_FOLDED_ELEMENTS = 4096
+
+# ONNX ops whose schema has no inference function (ONNX does not expand a function body when
+# inferring one node): their one output has the type of their first input.
+SAME_TYPE_AS_INPUT = frozenset({"GroupNormalization", "MeanVarianceNormalization"})
 
 
 def to_onnx_attr(name: str, value: Any) -> onnx.AttributeProto:
@@ -88,9 +92,11 @@ def infer_node(
     schema = onnx_schema(node.op_type, node.domain)
     if schema is None:
         raise ShapeError(f"node {node.name!r}: {node.qualified_op} is not an ONNX op")
+    if node.op_type in SAME_TYPE_AS_INPUT and not schema.has_type_and_shape_inference_function:
+        return [in_types[0]]
     input_types = {i: _type_proto(types[i]) for i in node.inputs if i}
     input_data = {
-        i: numpy_helper.from_array(np.asarray(constants[i]), i)
+        i: _constant_proto(i, np.asarray(constants[i]), types[i].dtype)
         for i in node.inputs
         if i and i in constants and constants[i].dtype != object
     }
@@ -167,6 +173,30 @@ def _reshape(node: Node, data: np.ndarray, shape: np.ndarray) -> np.ndarray:
     return data.reshape(target)
 
 
+def _constant_proto(name: str, value: np.ndarray, dtype: DType) -> onnx.TensorProto:
+    """A constant as ONNX data; bfloat16 bit patterns become a BFLOAT16 tensor, not UINT16."""
+    if dtype is DType.BFLOAT16:
+        bits = np.ascontiguousarray(value, dtype=np.uint16)
+        return helper.make_tensor(name, dtype.onnx, value.shape, bits.tobytes(), raw=True)
+    return numpy_helper.from_array(value, name)
+
+
+def _cast_typed(data: np.ndarray, source: DType, target: DType) -> np.ndarray:
+    """Cast that knows bfloat16 bits (uint16 in numpy) from uint16 numbers."""
+    if source is DType.BFLOAT16:
+        data = bfloat16_to_float32(data)
+    if target is DType.BFLOAT16:
+        return float32_to_bfloat16(data.astype(np.float32))
+    return data.astype(target.numpy)
+
+
+# Ops that only move or select elements: folding them over bfloat16 bit patterns is exact.
+# Any other op over bfloat16 (arithmetic on the bits would be wrong) is left to its kernel.
+_MOVES_BITS = frozenset(
+    {"Identity", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Where", "Expand"}
+)
+
+
 def _cast(node: Node, data: np.ndarray) -> np.ndarray:
     return data.astype(DType.from_onnx(int(node.attr("to"))).numpy)
 
@@ -178,7 +208,8 @@ def _constant_of_shape(node: Node, shape: np.ndarray) -> np.ndarray:
 
 
 def _range(node: Node, start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    return np.arange(start, limit, delta, dtype=np.asarray(start).dtype)
+    dtype = np.asarray(start).dtype
+    return np.arange(start.item(), limit.item(), delta.item(), dtype=dtype)
 
 
 def _reduce(fn: Any) -> Any:
@@ -214,6 +245,13 @@ _SHAPE_EVAL: dict[str, Any] = {
     "Less": lambda n, a, b: a < b,
     "Greater": lambda n, a, b: a > b,
     "Not": lambda n, a: np.logical_not(a),
+    "And": lambda n, a, b: np.logical_and(a, b),
+    "Or": lambda n, a, b: np.logical_or(a, b),
+    "Xor": lambda n, a, b: np.logical_xor(a, b),
+    "LessOrEqual": lambda n, a, b: a <= b,
+    "GreaterOrEqual": lambda n, a, b: a >= b,
+    # fmod=0: the result takes the divisor's sign (numpy's mod); fmod=1: the dividend's (C fmod).
+    "Mod": lambda n, a, b: np.fmod(a, b) if n.attr("fmod", 0) else np.mod(a, b),
     "Where": lambda n, c, a, b: np.where(c, a, b),
     "Expand": lambda n, x, s: x * np.ones([int(d) for d in s], dtype=x.dtype),
     "ConstantOfShape": _constant_of_shape,
@@ -248,9 +286,15 @@ def fold_shape_op(
     if node.op_type == "Size":
         return [np.array(types[node.inputs[0]].numel, dtype=np.int64)]
     fn = _SHAPE_EVAL.get(node.op_type)
+    bfloat16_in = any(name and types[name].dtype is DType.BFLOAT16 for name in node.inputs)
+    if node.op_type == "Cast" and node.inputs[0] in constants:
+        source = types[node.inputs[0]].dtype
+        fn = lambda n, x: _cast_typed(x, source, DType.from_onnx(int(n.attr("to"))))  # noqa: E731
+    elif bfloat16_in and node.op_type not in _MOVES_BITS:
+        return None
     if fn is None:
         return None
-    values = []
+    values: list[np.ndarray | None] = []
     for name in node.inputs:
         if not name:
             values.append(None)

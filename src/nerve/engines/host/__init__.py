@@ -7,21 +7,31 @@ the node rather than a silently wrong answer downstream.
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nerve import flags
 from nerve.engines.base import Env
-from nerve.engines.host.registry import as_outputs, get_kernel
+from nerve.engines.host.registry import as_outputs, get_kernel, wants_types
 from nerve.errors import KernelError, NerveError, UnsupportedOperatorError
-from nerve.ir import Graph, Node
+from nerve.ir import Graph, Node, TensorType
 
 if TYPE_CHECKING:
     from nerve.compiler.plan import Plan, Segment
 
 
+# Called after each node with (node, start_ns, end_ns) from time.perf_counter_ns (profiling).
+NodeHook = Callable[[Node, int, int], None]
+
+
 class HostExecutable:
+    # run() accepts on_node=: Program.run(profile=...) uses it for a per-op trace.
+    supports_node_hook = True
+
     def __init__(self, graph: Graph, nodes: list[Node], keep: set[str]) -> None:
         self.graph = graph
         missing: dict[str, list[str]] = {}
@@ -30,6 +40,10 @@ class HostExecutable:
             fn = get_kernel(node.op_type, node.domain)
             if fn is None:
                 missing.setdefault(node.qualified_op, []).append(node.name)
+                continue
+            if wants_types(node.op_type, node.domain):
+                in_types = [graph.types[i] if i else None for i in node.inputs]
+                fn = functools.partial(fn, input_types=in_types)
             steps.append((fn, node))
         if missing:
             raise UnsupportedOperatorError(missing, detail="the host engine has no kernel for them")
@@ -46,10 +60,11 @@ class HostExecutable:
                 self.release[i].append(name)
         self.check = flags.get_bool("NERVE_CHECK_KERNELS")
 
-    def run(self, env: Env) -> None:
+    def run(self, env: Env, on_node: NodeHook | None = None) -> None:
         types = self.graph.types
         for (fn, node), release in zip(self.steps, self.release):
             args = [env[i] if i else None for i in node.inputs]
+            start = time.perf_counter_ns() if on_node is not None else 0
             try:
                 results = as_outputs(node, fn(node, *args))
             except NerveError:
@@ -75,6 +90,8 @@ class HostExecutable:
                             "or shape-rule bug; please report it"
                         )
                 env[out] = value
+            if on_node is not None:
+                on_node(node, start, time.perf_counter_ns())
             for name in release:
                 env.pop(name, None)
 
@@ -86,11 +103,21 @@ class HostEngine:
         return HostExecutable(plan.graph, segment.nodes, plan.keep_alive(segment))
 
 
-def evaluate(node: Node, *inputs: np.ndarray | None) -> list[np.ndarray]:
-    """Run one node's host kernel (used for constant folding and debugging)."""
+def evaluate(
+    node: Node,
+    *inputs: np.ndarray | None,
+    input_types: Sequence[TensorType | None] | None = None,
+) -> list[np.ndarray]:
+    """Run one node's host kernel (used for constant folding and debugging).
+
+    Give ``input_types`` whenever an input may be bfloat16: without them a typed kernel (Cast)
+    takes uint16 arrays for the uint16 they look like.
+    """
     fn = get_kernel(node.op_type, node.domain)
     if fn is None:
         raise UnsupportedOperatorError({node.qualified_op: [node.name]})
+    if input_types is not None and wants_types(node.op_type, node.domain):
+        return as_outputs(node, fn(node, *inputs, input_types=list(input_types)))
     return as_outputs(node, fn(node, *inputs))
 
 

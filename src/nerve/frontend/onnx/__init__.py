@@ -1,4 +1,4 @@
-"""ONNX frontend: ``load_onnx(model, shapes) -> ir.Graph``.
+"""ONNX frontend: ``load_onnx(model, shapes, constants) -> ir.Graph``.
 
 >>> import numpy as np
 >>> from onnx import helper, TensorProto
@@ -8,6 +8,18 @@
 >>> graph = load_onnx(helper.make_model(g), shapes={"batch": 2})
 >>> graph.inputs[0].shape
 (2, 4)
+
+``constants`` binds a graph input to a value at compile time: the input becomes a constant of
+the graph (part of its structure), so shapes that depend on it become static. This is how a
+model whose Reshape target shape, Slice bounds or Pad amounts arrive as graph inputs compiles:
+
+>>> g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+...      helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+>>> graph = load_onnx(helper.make_model(g), constants={"shape": np.array([3, 2])})
+>>> graph.input_names, graph.types["y"].shape
+(['x'], (3, 2))
 """
 
 from __future__ import annotations
@@ -17,7 +29,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from nerve.errors import ModelFormatError, ShapeError, UnboundDimensionError, UnsupportedOperatorError
+from nerve.errors import (
+    InputError,
+    ModelFormatError,
+    ShapeError,
+    UnboundDimensionError,
+    UnsupportedOperatorError,
+)
 from nerve.frontend.onnx.context import (
     CONSTANT_PARAM_MIN_ELEMENTS,
     ImportContext,
@@ -27,13 +45,26 @@ from nerve.frontend.onnx.context import (
 from nerve.frontend.onnx.loader import ModelSource, default_opset, read_model
 from nerve.frontend.onnx.registry import lookup, supported_ops
 from nerve.ir import DType, Graph, TensorType, verify
+from nerve.ir.dtypes import float32_to_bfloat16
 
 # shapes={"input": (1, 3, 224, 224)} binds a whole input; shapes={"batch": 1} binds a symbol.
 ShapeSpec = Mapping[str, Sequence[int] | int]
+# constants={"shape": np.array([1, -1])} binds the graph input "shape" to that value.
+ConstantSpec = Mapping[str, object]
 
 
-def load_onnx(model: ModelSource, shapes: ShapeSpec | None = None) -> Graph:
-    """Import an ONNX model (path, bytes or ModelProto) as a static-shape IR graph."""
+def load_onnx(
+    model: ModelSource,
+    shapes: ShapeSpec | None = None,
+    constants: ConstantSpec | None = None,
+) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a static-shape IR graph.
+
+    ``shapes`` binds input shapes or symbolic dimensions. ``constants`` binds whole inputs to
+    values known at compile time (array-likes, converted to the input's element type; bfloat16
+    inputs take uint16 bit patterns or float values): those inputs become constants of the graph
+    and are no longer fed at run time.
+    """
     proto = read_model(model)
     opset = default_opset(proto)
     _check_supported(proto.graph, proto)
@@ -41,7 +72,11 @@ def load_onnx(model: ModelSource, shapes: ShapeSpec | None = None) -> Graph:
     ctx = ImportContext(graph, opset)
 
     initializer_names = {t.name for t in proto.graph.initializer}
-    _bind_inputs(graph, proto.graph, initializer_names, shapes or {})
+    bound = _constant_inputs(proto.graph, initializer_names, constants or {}, shapes or {})
+    free_shapes = {k: v for k, v in (shapes or {}).items() if k not in bound}
+    _bind_inputs(graph, proto.graph, initializer_names | set(bound), free_shapes)
+    for name, (array, dtype) in bound.items():
+        graph.add_constant(name, array, dtype)
     for tensor in proto.graph.initializer:
         array, dtype = tensor_to_array(tensor)
         if dtype.is_float:
@@ -143,6 +178,71 @@ def _bind_inputs(
         raise UnboundDimensionError(unbound)
 
 
+def _constant_inputs(
+    g: onnx.GraphProto, initializers: set[str], constants: ConstantSpec, shapes: ShapeSpec
+) -> dict[str, tuple[np.ndarray, DType]]:
+    """The inputs ``constants`` binds, each as (value, dtype), checked against its declaration."""
+    declared = {vi.name: vi for vi in g.input if vi.name not in initializers}
+    unknown = [k for k in constants if k not in declared]
+    if unknown:
+        raise InputError(
+            f"constants names {unknown}, which are not inputs of the model (inputs: "
+            f"{list(declared)})"
+        )
+    bound: dict[str, tuple[np.ndarray, DType]] = {}
+    for name, value in constants.items():
+        vi = declared[name]
+        if not vi.type.HasField("tensor_type"):
+            raise InputError(f"constants[{name!r}]: input {name!r} is not a tensor")
+        tt = vi.type.tensor_type
+        dtype = DType.from_onnx(tt.elem_type)
+        array = _as_input_dtype(name, value, dtype)
+        dims = list(tt.shape.dim) if tt.HasField("shape") else None
+        if dims is not None and (
+            len(dims) != array.ndim
+            or any(d.HasField("dim_value") and d.dim_value != s for d, s in zip(dims, array.shape))
+        ):
+            declared_dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+            raise InputError(
+                f"constants[{name!r}] has shape {array.shape}, but the model declares input "
+                f"{name!r} with shape {declared_dims}"
+            )
+        given = shapes.get(name)
+        if given is not None and (
+            isinstance(given, (int, np.integer)) or tuple(int(d) for d in given) != array.shape
+        ):
+            raise InputError(
+                f"shapes[{name!r}] is {given}, but constants[{name!r}] has shape {array.shape}"
+            )
+        bound[name] = (array, dtype)
+    return bound
+
+
+def _as_input_dtype(name: str, value: object, dtype: DType) -> np.ndarray:
+    """``value`` as an array of ``dtype``; integer, bool and string values must convert exactly."""
+    array = np.asarray(value)
+    if dtype is DType.BFLOAT16:
+        if array.dtype == np.uint16:
+            return array  # already bit patterns, the form nerve stores bfloat16 in
+        if array.dtype.name == "bfloat16":  # ml_dtypes.bfloat16
+            return array.view(np.uint16)
+        if array.dtype.kind in "fiub":
+            return float32_to_bfloat16(array.astype(np.float32))
+    elif array.dtype == dtype.numpy:
+        return array
+    elif dtype is DType.STRING:
+        if array.dtype.kind in "OUS":
+            return array.astype(object)
+    elif array.dtype.kind in "fiub" and array.dtype.name != "bfloat16":
+        converted = array.astype(dtype.numpy)
+        if dtype.is_float or np.array_equal(converted, array):
+            return converted
+    raise InputError(
+        f"constants[{name!r}]: a {array.dtype} value cannot be converted exactly to the "
+        f"input's element type {dtype.value}"
+    )
+
+
 def _import_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
     attrs = ctx.attrs(node)
     values = [k for k in attrs if k.startswith("value") or k == "sparse_value"]
@@ -195,4 +295,4 @@ def _check_declared_outputs(graph: Graph, g: onnx.GraphProto) -> None:
                 )
 
 
-__all__ = ["load_onnx", "read_model"]
+__all__ = ["ConstantSpec", "ShapeSpec", "load_onnx", "read_model"]

@@ -95,10 +95,15 @@ class ImportContext:
     def require_constant(self, node: onnx.NodeProto, name: str, what: str) -> np.ndarray:
         value = self.constant_value(name)
         if value is None:
+            where = (
+                f"it is a graph input: bind it with nerve.compile(..., constants={{{name!r}: "
+                "value})"
+                if name in self.graph.input_names
+                else "it is computed at run time in this model"
+            )
             raise UnsupportedAttributeError(
                 node.op_type, node.name, what,
-                f"input {name!r} must be a constant (nerve compiles static shapes); it is "
-                "computed at run time in this model",
+                f"input {name!r} must be a constant (nerve compiles static shapes); {where}",
             )
         return value
 
@@ -141,15 +146,9 @@ class ImportContext:
         out_types = infer_node(node, self.graph.types, self.graph.constants)
         folded = fold_shape_op(node, self.graph.types, self.graph.constants)
         if folded is not None:
-            ok = True
-            for out, t, value in zip(node.outputs, out_types, folded):
-                if t is not None and (t.shape != value.shape or t.dtype.numpy != value.dtype):
-                    if t.shape == value.shape:
-                        folded = [value.astype(t.dtype.numpy) for value in folded]
-                    else:
-                        ok = False
-            if ok:
-                for out, value, t in zip(node.outputs, folded, out_types):
+            fitted = _fit_folded(folded, out_types)
+            if fitted is not None:
+                for out, value, t in zip(node.outputs, fitted, out_types):
                     self.graph.add_constant(out, value, t.dtype if t is not None else None)
                 return node
         for out, t in zip(node.outputs, out_types):
@@ -157,7 +156,8 @@ class ImportContext:
                 raise ShapeError(
                     f"node {node.name!r} ({op_type}): the shape of output {out!r} depends on "
                     "values known only at run time; nerve compiles static shapes. Make the "
-                    "shape-determining inputs constants (e.g. export with fixed shapes)."
+                    "shape-determining inputs constants (e.g. export with fixed shapes, or "
+                    "bind graph inputs with nerve.compile(..., constants={...}))."
                 )
         self.graph.add_node(
             node, {o: t for o, t in zip(node.outputs, out_types) if o and t is not None}
@@ -172,6 +172,21 @@ class ImportContext:
 
     def refuse(self, node: onnx.NodeProto, attribute: str, why: str) -> None:
         raise UnsupportedAttributeError(node.op_type, node.name, attribute, why)
+
+
+def _fit_folded(
+    folded: list[np.ndarray], out_types: list[TensorType | None]
+) -> list[np.ndarray] | None:
+    """Folded values in the inferred output types; None if a shape disagrees (don't fold)."""
+    fitted = []
+    for value, t in zip(folded, out_types):
+        if t is None:
+            fitted.append(value)
+        elif t.shape != value.shape:
+            return None
+        else:
+            fitted.append(value if value.dtype == t.dtype.numpy else value.astype(t.dtype.numpy))
+    return fitted
 
 
 def schema_since_version(op_type: str, domain: str, opset: int) -> int | None:

@@ -90,10 +90,15 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     if version >= MIN_OPSET:
         return proto
     try:
-        return onnx.version_converter.convert_version(proto, MIN_OPSET)
+        upgraded = onnx.version_converter.convert_version(proto, MIN_OPSET)
     except Exception as exc:
         raise ModelFormatError(
             f"the model uses ONNX opset {version}; nerve imports opset {MIN_OPSET} and newer, "
             f"and onnx's version converter could not upgrade it ({exc}). Re-export the model "
             f"with opset >= {MIN_OPSET}."
         ) from None
+    # The converter relabels Hardmax without its opset-13 change of meaning; fix it up here.
+    from nerve.frontend.onnx.importers.reduce import coerce_upgraded_hardmax
+
+    coerce_upgraded_hardmax(upgraded.graph)
+    return upgraded

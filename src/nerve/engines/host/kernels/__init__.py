@@ -2,8 +2,12 @@
 
 from nerve.engines.host.kernels import (  # noqa: F401
     elementwise,
+    fused,
     linalg,
     nn,
+    nn_norm,
+    nn_pool,
+    nn_resize,
     reduce,
     tensor,
 )
