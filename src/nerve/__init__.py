@@ -16,20 +16,40 @@ from nerve.errors import (
     UnboundDimensionError,
     UnsupportedOperatorError,
 )
-from nerve.runtime import Program, TensorInfo, compile
+from nerve.runtime import (
+    Binding,
+    Job,
+    Profiler,
+    Program,
+    Runtime,
+    SharedTensor,
+    TensorInfo,
+    Worker,
+    compile,
+    connect,
+)
+from nerve.runtime.compile import check
 
 __all__ = [
+    "Binding",
     "CompileError",
     "InputError",
+    "Job",
     "ModelFormatError",
     "NerveError",
+    "Profiler",
     "Program",
+    "Runtime",
     "ShapeError",
+    "SharedTensor",
     "TensorInfo",
     "UnboundDimensionError",
     "UnsupportedOperatorError",
+    "Worker",
     "__version__",
+    "check",
     "compile",
+    "connect",
     "errors",
     "ir",
 ]

@@ -96,3 +96,43 @@ class KernelError(NerveError):
 
 class TargetError(NerveError):
     """An unknown target, or a target that cannot run on this machine."""
+
+
+class SchedulerError(NerveError):
+    """The runtime's scheduler refused or gave up on a job."""
+
+
+class QueueFullError(SchedulerError):
+    """Admission control: the runtime's queue is full; retry later or raise ``max_queue``."""
+
+
+class JobCancelledError(SchedulerError):
+    """The job was cancelled before it started; it never ran."""
+
+
+class JobExpiredError(SchedulerError):
+    """The job's deadline passed before it could start; it never ran."""
+
+
+class JobTimeoutError(SchedulerError, TimeoutError):
+    """Waiting for a job's result took longer than the caller's timeout (the job goes on)."""
+
+
+class SharedTensorError(NerveError):
+    """A shared-memory tensor request is invalid: bad name, size, offset, dtype or header."""
+
+
+class SharedTensorBusyError(SharedTensorError):
+    """A SharedTensor is in use by a run and cannot be written until the run completes."""
+
+
+class WorkerError(NerveError):
+    """The worker process could not be started or reached, or it refused a request."""
+
+
+class RestrictionError(CompileError):
+    """The model breaks restrictions of the target; ``diagnostics`` lists them (errors)."""
+
+    def __init__(self, message: str, diagnostics: list | None = None) -> None:
+        super().__init__(message)
+        self.diagnostics = list(diagnostics or [])

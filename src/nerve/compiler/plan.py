@@ -1,16 +1,31 @@
 """The Plan: what the compiler hands to engines.
 
-A Plan holds the final graph, its partition into engine segments, the bake recipes that turn
-Params into the weight arena, the CompileReport and the structural key.
+A Plan holds the final graph, its partition into engine segments, the memory plan (an offset
+in one scratch arena for every intermediate), the layout of every tensor, the bake recipes that
+turn the model's Params into the weight slots the graph reads, the CompileReport and the
+structural key.
+
+Weights: ``plan.params`` are the model's Params (the handles ``update_weights`` takes).
+``plan.graph.params`` are those plus the derived weight *slots* passes created (BatchNorm
+folded into a conv, a pre-transposed matrix, a cast); every one has a recipe in
+``plan.bake_recipes`` (a plain Param's recipe is the identity). ``plan.graph.weights`` holds
+only the model's weight data, by Param name; :func:`nerve.compiler.bake.run_recipes` turns it
+into the data of every slot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from nerve.compiler.bake import BakeRecipe
+from nerve.compiler.memplan import MemoryPlan
 from nerve.compiler.report import CompileReport
 from nerve.compiler.targets import Target
-from nerve.ir import Graph, Node
+from nerve.ir import Graph, Node, Param
+
+if TYPE_CHECKING:
+    from nerve.compiler.restrictions import Diagnostic
 
 
 @dataclass
@@ -44,6 +59,11 @@ class Plan:
     key: str
     report: CompileReport
     options: dict[str, object] = field(default_factory=dict)
+    bake_recipes: dict[str, BakeRecipe] = field(default_factory=dict)
+    memory: MemoryPlan = field(default_factory=MemoryPlan)
+    layouts: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def keep_alive(self, segment: Segment) -> set[str]:
         """Names a segment must not free: graph outputs and what later segments read."""
@@ -51,3 +71,7 @@ class Plan:
         for later in self.segments[segment.index + 1 :]:
             keep.update(later.inputs)
         return keep
+
+    def transformed_slots(self) -> dict[str, BakeRecipe]:
+        """The recipes that do something (not a plain Param passed through)."""
+        return {s: r for s, r in self.bake_recipes.items() if r.steps}

@@ -41,4 +41,8 @@ def get_engine(name: str) -> Engine:
         from nerve.engines.host import HostEngine
 
         return HostEngine()
-    raise TargetError(f"unknown engine {name!r}; available: host")
+    if name == "native":
+        from nerve.engines.native import NativeEngine
+
+        return NativeEngine()
+    raise TargetError(f"unknown engine {name!r}; available: host, native")

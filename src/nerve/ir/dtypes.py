@@ -3,6 +3,13 @@
 numpy has no bfloat16; nerve stores bfloat16 tensors as uint16 bit patterns in memory and
 names the type ``bfloat16`` in the IR, so no precision is lost in transit.
 
+The low-precision storage types ONNX defines for quantized models (float8 in four flavours,
+float8 E8M0 scales, float4 E2M1, and 4-bit and 2-bit integers) are held as ``ml_dtypes``
+arrays, one element per byte: onnx's own ``numpy_helper`` unpacks the packed 4-bit and 2-bit
+layouts into exactly these arrays. No ONNX arithmetic op takes them; they are cast, quantized
+and dequantized, and moved. :func:`to_low_precision` is ONNX Cast into them (saturation,
+round-to-nearest-even, E8M0's rounding modes); :func:`widen_low_precision` is Cast out of them.
+
 >>> from nerve.ir.dtypes import DType
 >>> DType.FLOAT32.numpy, DType.from_onnx(7)
 (dtype('float32'), <DType.INT64: 'int64'>)
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import enum
 
+import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
@@ -33,6 +41,17 @@ class DType(enum.Enum):
     UINT64 = "uint64"
     BOOL = "bool"
     STRING = "string"
+    # Low-precision storage types (ml_dtypes arrays; see the module docstring).
+    FLOAT8E4M3FN = "float8e4m3fn"
+    FLOAT8E4M3FNUZ = "float8e4m3fnuz"
+    FLOAT8E5M2 = "float8e5m2"
+    FLOAT8E5M2FNUZ = "float8e5m2fnuz"
+    FLOAT8E8M0 = "float8e8m0"
+    FLOAT4E2M1 = "float4e2m1"
+    INT4 = "int4"
+    UINT4 = "uint4"
+    INT2 = "int2"
+    UINT2 = "uint2"
 
     @property
     def numpy(self) -> np.dtype:
@@ -46,11 +65,29 @@ class DType(enum.Enum):
 
     @property
     def itemsize(self) -> int:
+        """Bytes per element in memory (0 for strings).
+
+        The 4-bit and 2-bit types report 1: nerve holds them unpacked, one element per byte
+        (the ml_dtypes layout); only ONNX files pack them, two or four to a byte.
+        """
         return 0 if self is DType.STRING else int(self.numpy.itemsize)
 
     @property
     def is_float(self) -> bool:
-        return self in (DType.FLOAT32, DType.FLOAT64, DType.FLOAT16, DType.BFLOAT16)
+        """A floating-point type, the low-precision storage floats (float8, float4) included.
+
+        Float initializers become Params (weights), so quantized float8/float4 weights are
+        weights too. Whether a type can be *computed* in is :attr:`is_low_precision`'s question.
+        """
+        return self in _FLOATS
+
+    @property
+    def is_low_precision(self) -> bool:
+        """A storage type for quantized data (float8, float4, 4-bit, 2-bit integers).
+
+        ONNX's arithmetic ops do not take these: they are cast, (de)quantized and moved only.
+        """
+        return self in _LOW_PRECISION
 
     @property
     def is_integer(self) -> bool:
@@ -111,6 +148,41 @@ _ONNX: dict[DType, int] = {
     DType.BOOL: TensorProto.BOOL,
     DType.STRING: TensorProto.STRING,
 }
+
+_LOW_PRECISION_NUMPY: dict[DType, np.dtype] = {
+    DType.FLOAT8E4M3FN: np.dtype(ml_dtypes.float8_e4m3fn),
+    DType.FLOAT8E4M3FNUZ: np.dtype(ml_dtypes.float8_e4m3fnuz),
+    DType.FLOAT8E5M2: np.dtype(ml_dtypes.float8_e5m2),
+    DType.FLOAT8E5M2FNUZ: np.dtype(ml_dtypes.float8_e5m2fnuz),
+    DType.FLOAT8E8M0: np.dtype(ml_dtypes.float8_e8m0fnu),
+    DType.FLOAT4E2M1: np.dtype(ml_dtypes.float4_e2m1fn),
+    DType.INT4: np.dtype(ml_dtypes.int4),
+    DType.UINT4: np.dtype(ml_dtypes.uint4),
+    DType.INT2: np.dtype(ml_dtypes.int2),
+    DType.UINT2: np.dtype(ml_dtypes.uint2),
+}
+_NUMPY.update(_LOW_PRECISION_NUMPY)
+
+# TensorProto.DataType codes (fixed by onnx.proto; literal so older onnx packages still import).
+_ONNX.update({
+    DType.FLOAT8E4M3FN: 17,
+    DType.FLOAT8E4M3FNUZ: 18,
+    DType.FLOAT8E5M2: 19,
+    DType.FLOAT8E5M2FNUZ: 20,
+    DType.UINT4: 21,
+    DType.INT4: 22,
+    DType.FLOAT4E2M1: 23,
+    DType.FLOAT8E8M0: 24,
+    DType.UINT2: 25,
+    DType.INT2: 26,
+})  # fmt: skip
+
+_LOW_PRECISION = frozenset(_LOW_PRECISION_NUMPY)
+_FLOATS = frozenset({
+    DType.FLOAT32, DType.FLOAT64, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT8E4M3FN,
+    DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ, DType.FLOAT8E8M0,
+    DType.FLOAT4E2M1,
+})  # fmt: skip
 
 _FROM_ONNX = {code: dt for dt, code in _ONNX.items()}
 # uint16 maps back to UINT16; bfloat16 only ever comes from ONNX or explicit IR types.

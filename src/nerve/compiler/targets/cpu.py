@@ -1,0 +1,109 @@
+"""The ``cpu`` target: the native engine (generated C + BLAS; AMX tiles where present).
+
+ISA features are detected when the target is first used, from the ``flags`` line of
+``/proc/cpuinfo`` on Linux: the ones nerve cares about are listed in :data:`FEATURES`.
+Precision policies that need a feature (bf16) are refused on machines without it.
+
+>>> t = target(features=("avx2", "avx512f"))
+>>> t.engine, t.features
+('native', ('avx2', 'avx512f'))
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+from nerve.compiler.targets import FP32, LayoutRules, Limits, OpRule, PrecisionPolicy, Target
+from nerve.ir import DType, Graph, Node
+
+# The ISA features nerve's native engine can use, in the order reports list them.
+FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+BF16 = PrecisionPolicy(
+    "bf16",
+    DType.BFLOAT16,
+    ops=frozenset(
+        {"MatMul", "Gemm", "Conv", "nerve.FusedMatMul", "nerve.FusedConv", "nerve.Attention"}
+    ),
+    requires_any=("amx_bf16", "avx512_bf16"),
+)
+
+_F32 = frozenset({DType.FLOAT32, DType.BOOL})  # compute in float32 (bool: Where's condition)
+_ANY = frozenset(DType) - {DType.STRING}
+
+# The native engine's ops (mirrors nerve.engines.native.claims, which decides each node
+# precisely; this table routes nodes to it). Everything else falls back to the host engine.
+_COMPUTE = (
+    # elementwise maps, fused into one loop per chain and into GEMM epilogues
+    "Abs", "Ceil", "Celu", "Cos", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid",
+    "HardSwish", "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Relu", "Round", "Selu",
+    "Shrink", "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt", "Swish", "Tanh",
+    "ThresholdedRelu", "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Sum", "Mean",
+    "Clip", "Where", "BatchNormalization",
+    # GEMM-class, pooling, normalisation, reductions
+    "MatMul", "Gemm", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "Softmax", "LogSoftmax", "LayerNormalization", "RMSNormalization",
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare",
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+    # the compiler's fused ops
+    "nerve.FusedConv", "nerve.FusedMatMul", "nerve.FusedElementwise", "nerve.Attention",
+    "nerve.LayerNorm", "nerve.RMSNorm",
+)  # fmt: skip
+_MOVEMENT = (
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Concat", "Split",
+    "Slice", "Expand", "Gather",
+)  # fmt: skip
+
+
+def _attention_ok(node: Node, graph: Graph) -> str | None:
+    # The native Attention kernel takes the scale as an attribute only (not yet as input 4).
+    if len(node.inputs) > 4 and node.inputs[4]:
+        return "Attention with its scale held in a weight runs on host"
+    return None
+
+
+def detect_features(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The ISA features in :data:`FEATURES` this machine has (empty off Linux/x86).
+
+    >>> detect_features("flags : fpu avx2 avx512f amx_tile\\n")
+    ('avx2', 'avx512f', 'amx_tile')
+    """
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if platform.system() != "Linux" or not path.is_file():
+            return ()
+        try:
+            cpuinfo = path.read_text(errors="replace")
+        except OSError:
+            return ()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+            break  # every core lists the same flags
+    return tuple(f for f in FEATURES if f in flags)
+
+
+def target(features: Iterable[str] | None = None) -> Target:
+    """The cpu target for ``features`` (detected from this machine when None)."""
+    feats = tuple(features) if features is not None else detect_features()
+    ops: dict[str, OpRule] = {op: OpRule(dtypes=_F32) for op in _COMPUTE}
+    ops["nerve.Attention"] = OpRule(dtypes=_F32, check=_attention_ok)
+    ops.update({op: OpRule(dtypes=_ANY) for op in _MOVEMENT})
+    # bf16 is listed even where the CPU lacks it: asking for it then says which feature is missing.
+    precisions = {"fp32": FP32, "bf16": BF16}
+    return Target(
+        name="cpu",
+        engine="native",
+        description="native engine: generated C, BLAS for fp32 GEMM, AMX tiles for bf16/int8",
+        features=feats,
+        mutable_weights=True,
+        ops=ops,
+        precisions=precisions,
+        default_precision="fp32",
+        layout=LayoutRules(activation="NCHW", conv_bias=True),
+        limits=Limits(max_rank=8),
+    )

@@ -1,0 +1,115 @@
+/* nerve native kernels: the runtime library every generated segment links against.
+ *
+ * Generated segment code is small: it computes buffer addresses, runs fused elementwise loops
+ * it emits itself, and calls the kernels declared here with compile-time constant shapes.
+ * The kernels are compiled once per toolchain into libnervek.so and cached.
+ *
+ * Conventions: all tensors are dense and row-major (C order); sizes are int64_t; `nt` is the
+ * number of OpenMP threads the caller wants (the program's own count, never OpenMP's global);
+ * BLAS always runs single-threaded inside our parallel regions (see nk_init).
+ */
+#ifndef NK_H
+#define NK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* An epilogue runs after a GEMM-like kernel produced rows [m0, m1) x columns [n0, n1) of
+ * output matrix `b` (an image of a convolution, a batch entry of a MatMul). The output element
+ * (b, m, n) lives at flat index (b * M + m) * N + n. `args` carries the pointers the epilogue
+ * reads (its side inputs and the output), so one epilogue body serves many call sites. */
+typedef void (*nk_epilogue)(const void *const *args, int nt, int64_t b, int64_t m0, int64_t m1,
+                            int64_t n0, int64_t n1);
+
+/* Set BLAS to one thread (we parallelise ourselves; two thread pools oversubscribe). */
+void nk_init(void);
+/* 1 when the library was built against OpenBLAS, 0 when it uses its own reference GEMM. */
+int nk_has_blas(void);
+
+/* ---- GEMM ------------------------------------------------------------------------------- */
+
+/* Y[b] (M x N) = alpha * op(A[b]) op(B[b]) for b in [0, batch), then ep on every block.
+ * op(A) is M x K (A stored K x M when ta), op(B) is K x N (B stored N x K when tb).
+ * aoff/boff give each batch entry's element offset into A/B (NULL: 0 for every entry);
+ * Y entries are consecutive (stride M * N). */
+void nk_matmul(int nt, int64_t batch, const int64_t *aoff, const int64_t *boff, int ta, int tb,
+               int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+               float *Y, nk_epilogue ep, const void *const *ep_args);
+
+/* Single-threaded strided GEMM (gemv for one row or column): C = alpha * op(A) op(B),
+ * C is m x n with row stride ldc. Used by the other kernels for their per-thread blocks. */
+void nk_sgemm_st(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc);
+
+/* ---- convolution (NCHW; 1-D convolutions use H = KH = 1) -------------------------------- */
+
+typedef struct nk_conv {
+    int64_t N, C, H, W;       /* input */
+    int64_t O, OH, OW;        /* output channels and spatial size */
+    int64_t KH, KW, SH, SW;   /* kernel and strides */
+    int64_t PT, PL;           /* top/left padding (bottom/right follow from OH/OW) */
+    int64_t DH, DW, G;        /* dilations, groups */
+} nk_conv;
+
+/* Floats of workspace nk_conv2d needs (0 for 1x1/stride-1/unpadded and depthwise convs). */
+int64_t nk_conv2d_workspace(const nk_conv *d);
+/* y = conv(x, w) + bias (bias may be NULL); ep (may be NULL) runs on each finished block with
+ * b = image, m = output channel, n = output pixel. */
+void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const float *bias,
+               float *y, float *work, nk_epilogue ep, const void *const *ep_args);
+
+/* ---- pooling (NCHW; NC = N * C planes) ---------------------------------------------------- */
+
+enum { NK_POOL_MAX = 0, NK_POOL_AVG_EXCLUDE_PAD = 1, NK_POOL_AVG_INCLUDE_PAD = 2 };
+
+typedef struct nk_pool {
+    int64_t NC, H, W, OH, OW, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW;
+} nk_pool;
+
+void nk_pool2d(int nt, int kind, const nk_pool *d, const float *x, float *y);
+
+/* ---- normalisation ------------------------------------------------------------------------ */
+
+/* Softmax (or log-softmax) over the middle axis of x viewed as [outer, n, inner]. */
+void nk_softmax(int nt, int log, int64_t outer, int64_t n, int64_t inner, const float *x,
+                float *y);
+/* Per row of x viewed as [rows, n]: y = (x - mean) * rsqrt(var + eps) * scale + bias.
+ * rms != 0: y = x * rsqrt(mean(x^2) + eps) * scale + bias (no centring).
+ * bias, mean_out and inv_out may be NULL; scale may be NULL (1). */
+void nk_layernorm(int nt, int rms, int64_t rows, int64_t n, float eps, const float *x,
+                  const float *scale, const float *bias, float *y, float *mean_out,
+                  float *inv_out);
+
+/* ---- reductions --------------------------------------------------------------------------- */
+
+enum {
+    NK_RED_SUM = 0, NK_RED_MEAN, NK_RED_MAX, NK_RED_MIN, NK_RED_PROD, NK_RED_SUMSQ, NK_RED_L1,
+    NK_RED_L2, NK_RED_LOGSUM, NK_RED_LOGSUMEXP
+};
+
+/* y[o, i] = reduce_k x[o, k, i] for x viewed as [outer, r, inner]. */
+void nk_reduce(int nt, int kind, int64_t outer, int64_t r, int64_t inner, const float *x,
+               float *y);
+
+/* ---- data movement ------------------------------------------------------------------------ */
+
+/* Copy an ndim-dimensional box: dst[i] = src[i] with per-dimension strides in elements
+ * (src strides may be 0 to broadcast, or negative). elem is the element size in bytes. */
+void nk_copy(int nt, int ndim, const int64_t *shape, const int64_t *dst_strides,
+             const int64_t *src_strides, int64_t elem, char *dst, const char *src);
+
+/* out[o, j, :] = data[o, idx[j], :] for data viewed as [outer, axis_len, inner_bytes].
+ * Negative indices count from the end. Returns 0, or 1 + the position of the first index
+ * that is out of range (nothing is written past the bad index). */
+int64_t nk_gather(int nt, int64_t outer, int64_t axis_len, int64_t inner_bytes, int64_t nidx,
+                  const void *idx, int idx_is_64, const char *data, char *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NK_H */

@@ -1,0 +1,133 @@
+"""Native executables: a compiled segment bound to its buffers, run with one foreign call.
+
+Binding computes every address that does not change between runs once (weights, constants,
+the scratch arena); a run only writes the input and output addresses into the pointer table
+and calls the segment's entry point.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from nerve.engines.base import Env, Executable
+from nerve.engines.native import cache
+from nerve.engines.native.buffers import ALIGN
+from nerve.engines.native.codegen import SegmentCode
+from nerve.errors import KernelError
+from nerve.ir import Graph
+
+EntryFn = Callable[[ctypes.Array[ctypes.c_void_p], int, int], int]
+
+
+class NativePart:
+    """One compiled run of claimed nodes."""
+
+    def __init__(self, graph: Graph, code: SegmentCode, threads: int) -> None:
+        self.code = code
+        self.threads = max(1, int(threads))
+        self.library: Path | None = None
+        self._fn: EntryFn | None = None
+        self._lock = threading.Lock()
+        buffers = code.buffers
+        self._table = (ctypes.c_void_p * max(1, len(buffers.slots)))()
+        self._inputs: list[tuple[int, str, np.dtype]] = []
+        self._outputs: list[tuple[int, str, tuple[int, ...], np.dtype]] = []
+        # Arrays the table points into, by slot (kept alive here).
+        self._bound: dict[int, np.ndarray] = {}
+        # Weight slots: (slot, name, dtype, the array the env held when last bound).
+        self._params: list[tuple[int, str, np.dtype]] = []
+        self._seen: dict[int, object] = {}
+        for buf in buffers.slots:
+            if buf.kind == "input":
+                self._inputs.append((buf.slot, buf.root, buf.dtype))
+            elif buf.kind == "output":
+                self._outputs.append((buf.slot, buf.root, buf.shape, buf.dtype))
+            elif buf.kind == "param":
+                self._params.append((buf.slot, buf.root, buf.dtype))
+                if buf.root in graph.weights:
+                    self._bind(buf.slot, graph.weights[buf.root], buf.dtype)
+            else:
+                self._bind(buf.slot, graph.constants[buf.root], buf.dtype)
+        self._scratch = np.empty(buffers.scratch_bytes + ALIGN, np.uint8)
+        base = self._scratch.ctypes.data
+        self._scratch_addr = base + (-base) % ALIGN
+        produced = {name for _, name, _, _ in self._outputs}
+        # Outputs that reinterpret another tensor's memory: (name, source, shape). The
+        # Program protects the caller from views of its inputs and weights.
+        self._views = [(n, src, graph.types[n].shape) for n, src in code.views.items()]
+        self._direct = [name for name in code.outputs if name in produced]
+
+    def _bind(self, slot: int, array: np.ndarray, dtype: np.dtype) -> None:
+        self._seen[slot] = array
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=dtype)
+        self._bound[slot] = array
+        self._table[slot] = array.ctypes.data
+
+    def attach(self, library: Path) -> None:
+        handle = cache.load(library)
+        fn = getattr(handle, self.code.symbol)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        fn.restype = ctypes.c_int64
+        self.library = library
+        self._fn = fn
+
+    def run(self, env: Env) -> None:
+        if self._fn is None:
+            raise KernelError(
+                f"native segment {self.code.symbol} was never compiled (a batch build did not "
+                "finish); rebuild the program"
+            )
+        table = self._table
+        for slot, name, dtype in self._params:
+            # Weights are bound once; a different array (an update, a baked slot) re-binds.
+            current = env.get(name)
+            if current is not self._seen.get(slot):
+                if current is None:
+                    raise KernelError(f"weight {name!r} is missing from the run's environment")
+                self._bind(slot, current, dtype)
+        held = []
+        for slot, name, dtype in self._inputs:
+            a = env[name]
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=dtype)
+            held.append(a)
+            table[slot] = a.ctypes.data
+        results: dict[str, np.ndarray] = {}
+        for slot, name, shape, dtype in self._outputs:
+            out = np.empty(shape, dtype)
+            results[name] = out
+            table[slot] = out.ctypes.data
+        with self._lock:
+            status = self._fn(table, self._scratch_addr, self.threads)
+        if status:
+            self._fail(int(status))
+        for name in self._direct:
+            env[name] = results[name]
+        for name, source, shape in self._views:
+            base = results[source] if source in results else env[source]
+            env[name] = base.reshape(shape)
+
+    def _fail(self, status: int) -> None:
+        step = self.code.steps[status - 1]
+        node = step.nodes[0]
+        raise KernelError(
+            f"node {node.name!r} ({node.op_type}): an index is out of range for the axis it "
+            "selects from; indices must lie in [-n, n) where n is that axis' size"
+        )
+
+
+class SequenceExecutable:
+    """Runs native parts and host fallbacks of one segment in order."""
+
+    def __init__(self, parts: list[Executable]) -> None:
+        self.parts = parts
+
+    def run(self, env: Env) -> None:
+        for part in self.parts:
+            part.run(env)
