@@ -204,3 +204,112 @@ def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
     if np.any(nan):
         out = np.where(nan, np.uint16(0x7FC0), out)
     return out
+
+
+# ---- ONNX Cast into and out of the low-precision types ------------------------------------------
+
+_FLOAT8 = frozenset(
+    {DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ}
+)
+# (bits, signed) of the sub-byte integer types.
+_SMALL_INTS = {DType.INT4: (4, True), DType.UINT4: (4, False), DType.INT2: (2, True),
+               DType.UINT2: (2, False)}  # fmt: skip
+_NATIVE_FLOATS = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
+E8M0_ROUND_MODES = ("up", "down", "nearest")
+_E8M0_BIAS, _E8M0_MAX_CODE, _E8M0_NAN = 127, 254, 255
+
+
+def widen_low_precision(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """Values of a low-precision array in a type numpy computes with, exactly.
+
+    Floats widen to float32 (every float8, float4 and E8M0 value is a float32, 2^-127 included);
+    4-bit and 2-bit integers to int8 / uint8.
+    """
+    if dtype in _SMALL_INTS:
+        return x.astype(np.int8 if _SMALL_INTS[dtype][1] else np.uint8)
+    return x.astype(np.float32)
+
+
+def to_low_precision(
+    values: np.ndarray, target: DType, *, saturate: bool = True, round_mode: str = "up"
+) -> np.ndarray:
+    """ONNX Cast of numeric ``values`` (any numpy or ml_dtypes type) into ``target``.
+
+    * float8 (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ): round to nearest even. With ``saturate``,
+      values (infinities included) beyond the type's largest finite value clamp to it, sign
+      kept; without, they become NaN, or infinity for E5M2 (ONNX Cast's tables; ml_dtypes'
+      conversion is that rounding and that overflow). NaN stays NaN.
+    * FLOAT8E8M0 (a power of two 2^-127..2^127): see :func:`_to_e8m0`.
+    * FLOAT4E2M1: round to nearest even, clamped to +-6 (no infinities or NaN in the type).
+      A NaN becomes -0, as in ONNX's reference evaluator and ml_dtypes (ONNX's float4 note
+      says 6; the Cast operator itself leaves it unsaid).
+    * 4-bit and 2-bit integers: integers keep their low bits (two's complement), as ONNX Cast
+      says for every fixed-point target; floats truncate toward zero first, like every other
+      float-to-integer Cast in nerve and in ONNX's reference evaluator (out of range, NaN and
+      infinity are undefined in ONNX; they give the low bits, 0 for NaN and infinity).
+    """
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        values = values.astype(np.uint8)
+    if target in _SMALL_INTS:
+        return _to_small_int(values, target)
+    wide = values if values.dtype in _NATIVE_FLOATS else values.astype(np.float64)
+    if target is DType.FLOAT8E8M0:
+        return _to_e8m0(wide, saturate, round_mode)
+    if target not in _FLOAT8 and target is not DType.FLOAT4E2M1:
+        raise ValueError(f"{target.value} is not a low-precision type")
+    with np.errstate(all="ignore"):
+        if saturate and target in _FLOAT8:
+            # Clamping before rounding is the same as clamping the rounded value ([x] in the
+            # ONNX tables): rounding is monotonic and the limit is representable.
+            limit = float(ml_dtypes.finfo(target.numpy).max)
+            wide = np.clip(wide, -limit, limit)
+        return wide.astype(target.numpy)
+
+
+def _to_small_int(values: np.ndarray, target: DType) -> np.ndarray:
+    bits, signed = _SMALL_INTS[target]
+    if values.dtype.kind in "iu":
+        ints = values.astype(np.int64)  # uint64 wraps here, which keeps its low bits
+    else:
+        floats = values if values.dtype in _NATIVE_FLOATS else values.astype(np.float64)
+        with np.errstate(all="ignore"):
+            whole = np.trunc(floats.astype(np.float64))
+            whole = np.where(np.isfinite(whole), whole, 0.0)
+            # fmod is exact and keeps the low bits, so huge floats never overflow int64.
+            ints = np.fmod(whole, float(1 << bits)).astype(np.int64)
+    low = ints & ((1 << bits) - 1)
+    if signed:
+        low = np.where(low >= 1 << (bits - 1), low - (1 << bits), low)
+    return low.astype(np.int8 if signed else np.uint8).astype(target.numpy)
+
+
+def _to_e8m0(values: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
+    """ONNX Cast to FLOAT8E8M0, the power of two 2^(code - 127), code 0..254; 255 is NaN.
+
+    ``round_mode`` picks the power of two: ``up`` the next one at or above x, ``down`` the one
+    at or below, ``nearest`` the closer one with ties (1.5 * 2^k) going up. With ``saturate``
+    results beyond the range clamp to 2^127 / 2^-127 (infinity to 2^127, zero to 2^-127);
+    without, they are NaN (zero too), as ONNX Cast's E8M0 table says. Negative values are
+    undefined in ONNX; nerve uses their magnitude, as ONNX's reference evaluator does.
+    """
+    if round_mode not in E8M0_ROUND_MODES:
+        raise ValueError(f"round_mode {round_mode!r} is not one of {', '.join(E8M0_ROUND_MODES)}")
+    magnitude = np.abs(values.astype(np.float64))
+    finite = np.isfinite(magnitude) & (magnitude > 0)
+    mantissa, exponent = np.frexp(np.where(finite, magnitude, 1.0))  # m in [0.5, 1)
+    if round_mode == "up":
+        bump = mantissa > 0.5
+    elif round_mode == "down":
+        bump = np.zeros(mantissa.shape, dtype=bool)
+    else:
+        bump = mantissa >= 0.75
+    code = exponent.astype(np.int64) - 1 + bump + _E8M0_BIAS
+    too_big = (finite & (code > _E8M0_MAX_CODE)) | np.isposinf(magnitude)
+    too_small = (finite & (code < 0)) | (magnitude == 0)
+    if saturate:
+        code = np.where(too_big, _E8M0_MAX_CODE, np.where(too_small, 0, code))
+    else:
+        code = np.where(too_big | too_small, _E8M0_NAN, code)
+    code = np.where(np.isnan(magnitude), _E8M0_NAN, code)
+    return code.astype(np.uint8).view(ml_dtypes.float8_e8m0fnu)

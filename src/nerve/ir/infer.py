@@ -20,7 +20,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from nerve.errors import ShapeError
-from nerve.ir.dtypes import DType, bfloat16_to_float32, float32_to_bfloat16
+from nerve.ir.dtypes import (
+    DType,
+    bfloat16_to_float32,
+    float32_to_bfloat16,
+    to_low_precision,
+    widen_low_precision,
+)
 from nerve.ir.graph import NERVE_DOMAIN, Node
 from nerve.ir.opset import NERVE_OPS, ONNX_OPSET, onnx_schema
 from nerve.ir.types import TensorType
@@ -181,12 +187,18 @@ def _constant_proto(name: str, value: np.ndarray, dtype: DType) -> onnx.TensorPr
     return numpy_helper.from_array(value, name)
 
 
-def _cast_typed(data: np.ndarray, source: DType, target: DType) -> np.ndarray:
-    """Cast that knows bfloat16 bits (uint16 in numpy) from uint16 numbers."""
+def _cast_typed(data: np.ndarray, source: DType, target: DType, node: Node) -> np.ndarray:
+    """Cast that knows bfloat16 bits (uint16 in numpy) from uint16 numbers, and ONNX's rules
+    for the low-precision types (saturate, round_mode)."""
     if source is DType.BFLOAT16:
         data = bfloat16_to_float32(data)
+    elif source.is_low_precision:
+        data = widen_low_precision(data, source)
     if target is DType.BFLOAT16:
         return float32_to_bfloat16(data.astype(np.float32))
+    if target.is_low_precision:
+        saturate, round_mode = bool(node.attr("saturate", 1)), str(node.attr("round_mode", "up"))
+        return to_low_precision(data, target, saturate=saturate, round_mode=round_mode)
     return data.astype(target.numpy)
 
 
@@ -286,10 +298,14 @@ def fold_shape_op(
     if node.op_type == "Size":
         return [np.array(types[node.inputs[0]].numel, dtype=np.int64)]
     fn = _SHAPE_EVAL.get(node.op_type)
-    bfloat16_in = any(name and types[name].dtype is DType.BFLOAT16 for name in node.inputs)
+    # bfloat16 (uint16 bits) and the low-precision types: only Cast and bit-moving ops fold.
+    bfloat16_in = any(
+        name and (types[name].dtype is DType.BFLOAT16 or types[name].dtype.is_low_precision)
+        for name in node.inputs
+    )
     if node.op_type == "Cast" and node.inputs[0] in constants:
         source = types[node.inputs[0]].dtype
-        fn = lambda n, x: _cast_typed(x, source, DType.from_onnx(int(n.attr("to"))))  # noqa: E731
+        fn = lambda n, x: _cast_typed(x, source, DType.from_onnx(int(n.attr("to"))), n)  # noqa: E731
     elif bfloat16_in and node.op_type not in _MOVES_BITS:
         return None
     if fn is None:

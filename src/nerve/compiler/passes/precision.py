@@ -62,7 +62,7 @@ def precision(graph: Graph, ctx: PassContext) -> Graph:
     graph._node_names = {n.name for n in graph.nodes}
     apply_rules(graph, [("cast_pair", _cast_pair)], ctx.record.rewrites)
     ctx.count("dead_code", dead_code(graph))
-    prune(graph)
+    prune(graph, ctx.book.recipes)
     return graph
 
 
@@ -71,10 +71,13 @@ def _wants(node: Node, graph: Graph, policy: PrecisionPolicy) -> bool:
         return False
     if policy.ops is not None and node.qualified_op not in policy.ops:
         return False
-    return any(
-        graph.types[i].dtype.is_float and graph.types[i].dtype != policy.compute
-        for i in node.inputs if i
-    )
+    return any(_computes_in(graph.types[i].dtype, policy.compute) for i in node.inputs if i)
+
+
+def _computes_in(dtype: DType, compute: DType | None) -> bool:
+    """Whether a value of ``dtype`` is converted to the ``compute`` dtype. Low-precision storage
+    types (float8, float4) are not: they are only cast and moved, never computed in."""
+    return dtype.is_float and not dtype.is_low_precision and dtype != compute
 
 
 class _Converter:
@@ -116,7 +119,7 @@ class _Converter:
         if not name:
             return name
         t = self.graph.types[name]
-        if not t.dtype.is_float or t.dtype == self.dtype:
+        if not _computes_in(t.dtype, self.dtype):
             return name
         if name in self.casts:
             return self.casts[name]

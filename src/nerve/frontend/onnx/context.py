@@ -20,7 +20,11 @@ CONSTANT_PARAM_MIN_ELEMENTS = 64
 
 
 def tensor_to_array(tensor: onnx.TensorProto) -> tuple[np.ndarray, DType]:
-    """A TensorProto's values as numpy, with its nerve dtype (bfloat16 kept as uint16 bits)."""
+    """A TensorProto's values as numpy, with its nerve dtype (bfloat16 kept as uint16 bits).
+
+    float8, float4, 4-bit and 2-bit tensors come back as ml_dtypes arrays, one element per byte
+    (packed 4-bit and 2-bit data unpacked, by onnx's numpy_helper).
+    """
     dtype = DType.from_onnx(tensor.data_type)
     if dtype is DType.BFLOAT16:
         if tensor.raw_data:
@@ -36,6 +40,16 @@ def tensor_to_array(tensor: onnx.TensorProto) -> tuple[np.ndarray, DType]:
         array = np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(
             array
         ) if array.size else array.astype(object)
+    if dtype.is_low_precision and array.dtype != dtype.numpy:
+        # onnx unpacks 4-bit and 2-bit data and returns ml_dtypes arrays; onnx releases before
+        # 1.18 returned the same one-byte-per-element codes as (u)int8 or as their own uint8-based
+        # types. Either way the bytes are the element codes: reinterpret them, never convert.
+        if array.dtype.itemsize != 1:
+            raise ModelFormatError(
+                f"tensor {tensor.name!r}: onnx decoded its {dtype.value} data as {array.dtype}; "
+                "upgrade the onnx package (nerve needs onnx>=1.18 for this element type)"
+            )
+        array = np.ascontiguousarray(array).view(dtype.numpy)
     return np.asarray(array, dtype=dtype.numpy), dtype
 
 

@@ -18,7 +18,13 @@ import numpy as np
 from nerve.engines.host.registry import kernel
 from nerve.errors import KernelError
 from nerve.ir import DType, Node, TensorType
-from nerve.ir.dtypes import bfloat16_to_float32, float32_to_bfloat16
+from nerve.ir.dtypes import (
+    E8M0_ROUND_MODES,
+    bfloat16_to_float32,
+    float32_to_bfloat16,
+    to_low_precision,
+    widen_low_precision,
+)
 
 InputTypes = Sequence[TensorType | None] | None
 
@@ -424,18 +430,23 @@ def dropout(
 # ---- casts -------------------------------------------------------------------------------------
 
 
-def cast_array(x: np.ndarray, source: DType, target: DType) -> np.ndarray:
+def cast_array(
+    x: np.ndarray, source: DType, target: DType, saturate: bool = True, round_mode: str = "up"
+) -> np.ndarray:
     """``x`` (stored as ``source``) converted to ``target``, with ONNX Cast's rules.
 
     Floats round to nearest even (bfloat16 included, through float32); float to integer
     truncates (out-of-range values are undefined in ONNX); integers wrap; anything nonzero is
     True. Strings parse as numbers ("1e-5", "INF", "NaN") and numbers print as plain decimals.
+    The low-precision types (float8, float4, 4-bit and 2-bit integers) widen exactly; casts
+    into them follow :func:`nerve.ir.dtypes.to_low_precision`, where ``saturate`` (float8 and
+    E8M0) and ``round_mode`` (E8M0) apply.
     """
     if source is target:
         return x
     if source is DType.STRING:
-        return _parse_strings(x, target)
-    values = decode(x, source)
+        return _parse_strings(x, target, saturate, round_mode)
+    values = widen_low_precision(x, source) if source.is_low_precision else decode(x, source)
     if target is DType.STRING:
         return np.vectorize(_format_number, otypes=[object])(values) if values.size else (
             values.astype(object)
@@ -443,10 +454,12 @@ def cast_array(x: np.ndarray, source: DType, target: DType) -> np.ndarray:
     with np.errstate(all="ignore"):
         if target is DType.BFLOAT16:
             return float32_to_bfloat16(values.astype(np.float32))
+        if target.is_low_precision:
+            return to_low_precision(values, target, saturate=saturate, round_mode=round_mode)
         return values.astype(target.numpy)
 
 
-def _parse_strings(x: np.ndarray, target: DType) -> np.ndarray:
+def _parse_strings(x: np.ndarray, target: DType, saturate: bool, round_mode: str) -> np.ndarray:
     def parse(s: object) -> float | int:
         text = s.decode() if isinstance(s, bytes) else str(s)
         try:
@@ -460,7 +473,7 @@ def _parse_strings(x: np.ndarray, target: DType) -> np.ndarray:
     parsed = [parse(s) for s in x.reshape(-1)]
     wide = np.float64 if target.is_float or any(isinstance(p, float) for p in parsed) else np.int64
     values = np.array(parsed, dtype=wide).reshape(x.shape)
-    return cast_array(values, DType.from_numpy(values.dtype), target)
+    return cast_array(values, DType.from_numpy(values.dtype), target, saturate, round_mode)
 
 
 def _format_number(v: object) -> str:
@@ -471,17 +484,29 @@ def _format_number(v: object) -> str:
     return str(v)
 
 
+def _cast_options(node: Node) -> tuple[bool, str]:
+    """(saturate, round_mode) of a Cast/CastLike node, with ONNX's defaults."""
+    round_mode = str(node.attr("round_mode", "up"))
+    if round_mode not in E8M0_ROUND_MODES:
+        raise KernelError(
+            f"node {node.name!r} ({node.op_type}): attribute round_mode is {round_mode!r}; "
+            f"ONNX allows {', '.join(E8M0_ROUND_MODES)}"
+        )
+    return bool(node.attr("saturate", 1)), round_mode
+
+
 @kernel("Cast", typed=True)
 def cast(node: Node, x: np.ndarray, input_types: InputTypes = None) -> np.ndarray:
-    # saturate and round_mode concern float8 targets only, which nerve has no type for.
-    return cast_array(x, dtype_of(x, input_types, 0), DType.from_onnx(int(node.attrs["to"])))
+    target = DType.from_onnx(int(node.attrs["to"]))
+    return cast_array(x, dtype_of(x, input_types, 0), target, *_cast_options(node))
 
 
 @kernel("CastLike", typed=True)
 def cast_like(
     node: Node, x: np.ndarray, like: np.ndarray, input_types: InputTypes = None
 ) -> np.ndarray:
-    return cast_array(x, dtype_of(x, input_types, 0), dtype_of(like, input_types, 1))
+    target = dtype_of(like, input_types, 1)
+    return cast_array(x, dtype_of(x, input_types, 0), target, *_cast_options(node))
 
 
 __all__ = ["cast_array", "decode", "dtype_of", "encode", "slice_of"]

@@ -21,6 +21,7 @@ import onnx
 from nerve.frontend.onnx.context import ImportContext, attribute_value
 from nerve.frontend.onnx.registry import importer
 from nerve.ir import DType
+from nerve.ir.dtypes import E8M0_ROUND_MODES
 from nerve.ir.opset import onnx_schema
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -282,11 +283,16 @@ def _cast_attrs(dtype: DType) -> dict[str, Any]:
 
 @importer("Cast")
 def import_cast(ctx: ImportContext, node: onnx.NodeProto) -> None:
-    # saturate and round_mode apply to float8 targets only, which nerve has no type for (the
-    # target type itself is refused): they are kept as given and have no effect.
+    # saturate (float8, E8M0 targets) and round_mode (E8M0) are honoured by the Cast kernel.
     attrs = latest_attrs(ctx, node)
     DType.from_onnx(int(attrs["to"]))  # refuses a target type nerve does not support
+    _check_round_mode(ctx, node, attrs)
     ctx.emit("Cast", list(node.input), list(node.output), attrs, node.name)
+
+
+def _check_round_mode(ctx: ImportContext, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if attrs.get("round_mode", "up") not in E8M0_ROUND_MODES:
+        ctx.refuse(node, "round_mode", f"{attrs['round_mode']!r} is not one of up, down, nearest")
 
 
 @importer("CastLike")
@@ -294,6 +300,7 @@ def import_cast_like(ctx: ImportContext, node: onnx.NodeProto) -> None:
     """CastLike becomes Cast: the target's type is static, and bfloat16 needs the type code."""
     attrs = latest_attrs(ctx, node)
     attrs["to"] = ctx.type_of(node.input[1]).dtype.onnx
+    _check_round_mode(ctx, node, attrs)
     ctx.emit("Cast", [node.input[0]], list(node.output), attrs, node.name)
 
 
