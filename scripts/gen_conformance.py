@@ -74,7 +74,7 @@ def main() -> int:
         f"{exp_pass} / {len(sel.expanded)}",
         f"- Run time: {elapsed:.0f} s",
         "",
-        "Excluded cases are counted as failures; `tests/conformance/excludes.py` says why each "
+        "Excluded cases are counted as failures; `tests/conformance/excludes/` says why each "
         "fails.",
         "",
         "| op | host: passed / cases |",
