@@ -64,7 +64,7 @@ class CompileReport:
         if self.segments:
             segs = ", ".join(f"{engine}:{n}" for engine, n in self.segments)
             lines.append(f"  segments: {len(self.segments)} ({segs})")
-        if self.intermediates:
+        if self.segments:
             saved = 1 - self.peak_scratch_bytes / self.intermediate_bytes \
                 if self.intermediate_bytes else 0.0
             lines.append(

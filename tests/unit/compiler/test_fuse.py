@@ -278,3 +278,23 @@ def test_fuse_false_and_target_fusion_lists_are_honoured() -> None:
     plan = compile_plan(g, "host", {"fuse": False})
     assert ops(plan.graph) == ["Exp", "Neg"]
     assert ops(compile_plan(g, "ane", {"check": False}).graph).count("nerve.FusedElementwise") == 0
+
+
+def _conv_bn_then_bias() -> Graph:
+    g, _ = _conv_bn()
+    relu = g.nodes[-1]
+    g.nodes.remove(relu)  # conv -> bn -> (+ per-channel constant) -> relu
+    b = IR()
+    b.g = g
+    shifted = b.op("Add", relu.inputs[0], b.const("shift", rand(4, 1, 1, seed=9)))
+    g.set_outputs([b.op("Relu", shifted)])
+    g.remove_unused()
+    return g
+
+
+def test_recipes_chain_through_derived_slots() -> None:
+    plan = compile_plan(_conv_bn_then_bias(), "host", evaluate=evaluate)
+    assert ops(plan.graph) == ["nerve.FusedConv"]
+    steps = sorted(r.steps[0].op for r in plan.transformed_slots().values())
+    assert steps == ["add", "bn_fold_bias", "bn_fold_weight"]
+    assert_fused_matches(_conv_bn_then_bias(), {"x": rand(2, 3, 6, 6)})

@@ -57,6 +57,7 @@ def _each(graph: Graph, ctx: PassContext, match: Callable[[Node], bool],
     for node in list(graph.nodes):
         if rw.alive(node) and match(node) and rewrite(rw, node):
             done += 1
+    rw.commit()
     return done
 
 
@@ -239,7 +240,7 @@ def clamp_masks(graph: Graph, ctx: PassContext) -> int:
             return False
         clamped = np.maximum(graph.constants[name], MASK_VALUE).astype(graph.constants[name].dtype)
         new = rw.constant(f"{name}_clamped", clamped)
-        node.inputs = [new if i == name else i for i in node.inputs]
+        rw.set_inputs(node, [new if i == name else i for i in node.inputs])
         return True
 
     return _each(graph, ctx, lambda n: overflowing_mask(graph, n) is not None, rewrite)

@@ -61,7 +61,7 @@ def fuse(graph: Graph, ctx: PassContext) -> Graph:
                    if ctx.target.allows_fusion(name)]
         if allowed:
             apply_rules(graph, allowed, ctx.record.rewrites, ctx=ctx)
-    prune(graph)
+    prune(graph, ctx.book.recipes)
     return graph
 
 

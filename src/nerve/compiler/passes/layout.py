@@ -31,7 +31,7 @@ def layout(graph: Graph, ctx: PassContext) -> Graph:
     if ctx.target.layout.pack_transposed_weights:
         rules += [("weight_transpose", _weight_transpose), ("gemm_pretranspose", _gemm_pretranspose)]
     apply_rules(graph, rules, ctx.record.rewrites, ctx=ctx)
-    prune(graph)
+    prune(graph, ctx.book.recipes)
     ctx.layouts = assign_layouts(graph, ctx.target.layout.activation)
     if ctx.target.layout.activation == "1C1S":
         boundary = [v.name for v in (*graph.inputs, *graph.outputs) if not _is_1c1s(v.type)]

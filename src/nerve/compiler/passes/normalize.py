@@ -15,8 +15,7 @@
 * **dead-code elimination** and pruning of unused values.
 
 >>> import numpy as np
->>> from nerve.compiler.bake import step
-from nerve.compiler.context import PassContext
+>>> from nerve.compiler.context import PassContext
 >>> from nerve.compiler.targets import get_target
 >>> from nerve.ir import DType, Graph, Node, TensorType
 >>> t = TensorType(DType.FLOAT32, (2,))
@@ -60,7 +59,7 @@ def normalize(graph: Graph, ctx: PassContext) -> Graph:
             ctx.count(code, fixer(graph, ctx))
         apply_rules(graph, RULES, ctx.record.rewrites, ctx=ctx)
     ctx.count("dead_code", dead_code(graph))
-    prune(graph)
+    prune(graph, ctx.book.recipes)
     return graph
 
 

@@ -40,6 +40,7 @@ from nerve.errors import CompileError
 from nerve.ir import Graph, Node, TensorType, infer_node
 
 if TYPE_CHECKING:
+    from nerve.compiler.bake import BakeRecipe
     from nerve.compiler.context import PassContext
 
 Rule = Callable[["Rewriter", Node], bool]
@@ -57,7 +58,17 @@ class Rewriter:
     def __init__(self, graph: Graph, ctx: PassContext | None = None) -> None:
         self.graph = graph
         self._ctx = ctx
-        self._reindex()
+        self._outputs = set(graph.output_names)
+        # Indexes kept up to date edit by edit (a rebuild per edit would make fusing a large
+        # graph quadratic). Node order is a sortable key per node: replacements extend their
+        # anchor's key, so they sort where the anchor was; graph.nodes follows at commit().
+        self._producers: dict[str, Node] = {}
+        self._consumers: dict[str, dict[int, Node]] = {}
+        self._alive: dict[int, Node] = {}
+        self._key: dict[int, tuple[int, ...]] = {}
+        for i, node in enumerate(graph.nodes):
+            self._add(node, (i,))
+        self._dirty = False
 
     @property
     def ctx(self) -> PassContext:
@@ -65,11 +76,32 @@ class Rewriter:
             raise CompileError("this rewrite needs a compile context — a compiler bug")
         return self._ctx
 
-    def _reindex(self) -> None:
-        self._producers = self.graph.producers()
-        self._consumers = self.graph.consumers()
-        self._outputs = set(self.graph.output_names)
-        self._alive = {id(n) for n in self.graph.nodes}
+    def _add(self, node: Node, key: tuple[int, ...]) -> None:
+        self._alive[id(node)] = node
+        self._key[id(node)] = key
+        self._index(node)
+
+    def _index(self, node: Node) -> None:
+        for out in node.outputs:
+            if out:
+                self._producers[out] = node
+        for inp in node.inputs:
+            if inp:
+                self._consumers.setdefault(inp, {})[id(node)] = node
+
+    def _unindex(self, node: Node) -> None:
+        for out in node.outputs:
+            if out and self._producers.get(out) is node:
+                del self._producers[out]
+        for inp in node.inputs:
+            if inp:
+                self._consumers.get(inp, {}).pop(id(node), None)
+
+    def commit(self) -> None:
+        """Bring ``graph.nodes`` up to date with the edits (in topological order)."""
+        if self._dirty:
+            self.graph.nodes = sorted(self._alive.values(), key=lambda n: self._key[id(n)])
+            self._dirty = False
 
     # ---- queries ------------------------------------------------------------------------
     def alive(self, node: Node) -> bool:
@@ -79,7 +111,7 @@ class Rewriter:
         return self._producers.get(name) if name else None
 
     def consumers(self, name: str) -> list[Node]:
-        return self._consumers.get(name, [])
+        return list(self._consumers.get(name, {}).values())
 
     def is_output(self, name: str) -> bool:
         return name in self._outputs
@@ -152,22 +184,26 @@ class Rewriter:
 
     def replace(self, old: Iterable[Node], new: Sequence[Node]) -> None:
         """Remove ``old`` and put ``new`` where the last of ``old`` was (in order)."""
-        old_ids = {id(n) for n in old}
-        positions = [i for i, n in enumerate(self.graph.nodes) if id(n) in old_ids]
-        if not positions:
+        old = [n for n in old if id(n) in self._alive]
+        if not old:
             raise CompileError("rewrite of nodes that are not in the graph — a compiler bug")
-        anchor = positions[-1]
+        anchor = max(self._key[id(n)] for n in old)
         names = self.graph._node_names
-        for i in positions:
-            names.discard(self.graph.nodes[i].name)
-        for n in new:
-            base = n.name or n.op_type
-            n.name = self.graph.unique_node_name(base)
+        for n in old:
+            names.discard(n.name)
+            self._unindex(n)
+            del self._alive[id(n)], self._key[id(n)]
+        for j, n in enumerate(new):
+            n.name = self.graph.unique_node_name(n.name or n.op_type)
             names.add(n.name)
-        head = [n for n in self.graph.nodes[:anchor] if id(n) not in old_ids]
-        tail = self.graph.nodes[anchor + 1 :]
-        self.graph.nodes = [*head, *new, *tail]
-        self._reindex()
+            self._add(n, (*anchor, j))
+        self._dirty = True
+
+    def set_inputs(self, node: Node, inputs: Sequence[str]) -> None:
+        """Rewire ``node`` to read ``inputs``."""
+        self._unindex(node)
+        node.inputs = list(inputs)
+        self._index(node)
 
     def remove(self, node: Node) -> None:
         """Drop a node whose outputs nothing reads."""
@@ -189,14 +225,15 @@ class Rewriter:
         producer = self.producer(keep)
         if producer is None or not self.private(keep, node):
             return False
-        producer.outputs = [out if o == keep else o for o in producer.outputs]
         self.remove(node)
+        self._unindex(producer)
+        producer.outputs = [out if o == keep else o for o in producer.outputs]
+        self._index(producer)
         return True
 
     def rename_uses(self, old: str, new: str) -> None:
         for consumer in self.consumers(old):
-            consumer.inputs = [new if i == old else i for i in consumer.inputs]
-        self._reindex()
+            self.set_inputs(consumer, [new if i == old else i for i in consumer.inputs])
 
 
 def apply_rules(
@@ -216,6 +253,7 @@ def apply_rules(
     rw = Rewriter(graph, ctx)
     for _ in range(max_rounds):
         changed = False
+        rw.commit()
         for node in list(graph.nodes):
             if not rw.alive(node):
                 continue
@@ -224,6 +262,7 @@ def apply_rules(
                     counts[name] = counts.get(name, 0) + 1
                     changed = True
                     break
+        rw.commit()
         if not changed:
             return counts
     raise CompileError(
@@ -231,22 +270,25 @@ def apply_rules(
     )
 
 
-def prune(graph: Graph, keep_weights: bool = True) -> None:
+def prune(graph: Graph, recipes: Mapping[str, BakeRecipe] | None = None) -> None:
     """Drop values no node or output refers to.
 
     Unlike :meth:`Graph.remove_unused`, the model's Params (those with data in
-    ``graph.weights``) stay, read or not: they are the model's weight handles, and bake
-    recipes read them after no node does. Only unused derived weight slots go.
+    ``graph.weights``) stay, read or not: they are the model's weight handles. So does every
+    constant or weight slot a bake recipe of a used slot reads (``recipes``).
     """
     used = {i for n in graph.nodes for i in n.inputs if i}
     used |= {o for n in graph.nodes for o in n.outputs if o}
-    used |= set(graph.input_names) | set(graph.output_names)
-    if keep_weights:
-        used |= set(graph.weights)
-    tables: list[dict] = [graph.constants, graph.params, graph.types]
-    if not keep_weights:
-        tables.append(graph.weights)
-    for table in tables:
+    used |= set(graph.input_names) | set(graph.output_names) | set(graph.weights)
+    pending = [u for u in used if recipes and u in recipes]
+    while pending:
+        assert recipes is not None
+        for name in recipes[pending.pop()].inputs:
+            if name not in used:
+                used.add(name)
+                if name in recipes:
+                    pending.append(name)
+    for table in (graph.constants, graph.params, graph.types):
         for name in [k for k in table if k not in used]:
             del table[name]
     graph._node_names = {n.name for n in graph.nodes}
