@@ -13,8 +13,9 @@ of ``bench/RESULTS.md`` (other sections are left alone). What it measures (issue
 2. **cross-process latency, small model** — an affine+ReLU model on 256 floats: in-process
    ``Program.run`` against ``Client.run`` on SharedTensors in a worker process.
 3. **scheduler overhead per job** — null program: ``Program.run`` against
-   ``Runtime.submit().result()`` one at a time, and per job when 2000 jobs are queued at once.
-4. **dynamic batching under steady load** — a MatMul+ReLU model (256x256) offered jobs at a
+   ``Runtime.submit().result()`` one at a time (two thread hand-offs), with ``inline=True``
+   (the idle-engine fast path), and per job when 2000 jobs are queued at once.
+4. **dynamic batching under steady load** — a MatMul+ReLU model (1024x1024, 4 MiB of weights) offered jobs at a
    fixed rate (1.5x what the unbatched program sustains) for a few seconds, with and without
    dynamic batching: throughput and p50/p99 latency.
 
@@ -61,6 +62,15 @@ def relu_model(shape: list[int]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def sum_model(n: int) -> onnx.ModelProto:
+    """A big input, a one-element output: timing it measures input handling only."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)], "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 def affine_model(features: int) -> onnx.ModelProto:
     w = np.linspace(-1, 1, features, dtype=np.float32)
     b = np.linspace(0.5, -0.5, features, dtype=np.float32)
@@ -73,8 +83,8 @@ def affine_model(features: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def linear_model(batch: int, k: int = 256, n: int = 256) -> onnx.ModelProto:
-    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) / 16
+def linear_model(batch: int, k: int = 1024, n: int = 1024) -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) / 32
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
         "linear",
@@ -109,11 +119,11 @@ def p99(samples: list[float]) -> float:
 
 def bench_zero_copy(quick: bool, client: Any) -> dict[str, Any]:
     big_n, small_n = 16 << 20, 1 << 10  # 64 MiB and 4 KiB of float32
-    big = null_program(relu_model([big_n]))
-    small = null_program(relu_model([small_n]))
+    big = null_program(sum_model(big_n))
+    small = null_program(sum_model(small_n))
     x_big = np.random.default_rng(0).standard_normal(big_n).astype(np.float32)
     x_small = np.ones(small_n, np.float32)
-    strided = np.empty(2 * big_n, np.float32)[::2]  # same values needed a copy
+    strided = np.empty(2 * big_n, np.float32)[::2]  # same values, but needs a copy
     strided[...] = x_big
     reps = 5 if quick else 30
     out: dict[str, Any] = {
@@ -123,21 +133,21 @@ def bench_zero_copy(quick: bool, client: Any) -> dict[str, Any]:
         "explicit_copy_64MiB_us": us(timed(lambda: big.run({"x": x_big.copy()}), reps)),
     }
     out["zero_copy_size_ratio"] = out["zero_copy_64MiB_us"] / out["zero_copy_4KiB_us"]
-    # Across processes: a 64 MiB SharedTensor input against a 4 KiB one.
+    # Across processes: a 64 MiB SharedTensor input against a 4 KiB one (1-element outputs).
     with tempfile.TemporaryDirectory() as tmp:
         for name, n in (("big", big_n), ("small", small_n)):
             path = os.path.join(tmp, f"{name}.onnx")
-            onnx.save(relu_model([n]), path)
+            onnx.save(sum_model(n), path)
             client.load(f"null_{name}", path, engine="null")
     with nerve.SharedTensor.from_array(x_big) as xb, nerve.SharedTensor.from_array(
         x_small
-    ) as xs, nerve.SharedTensor.create((big_n,), np.float32) as yb, nerve.SharedTensor.create(
-        (small_n,), np.float32
-    ) as ys:
-        out["worker_4KiB_us"] = us(timed(
-            lambda: client.run("null_small", {"x": xs}, {"y": ys}, timeout=60), reps * 10))
-        out["worker_64MiB_us"] = us(timed(
-            lambda: client.run("null_big", {"x": xb}, {"y": yb}, timeout=60), reps * 10))
+    ) as xs, nerve.SharedTensor.create((1,), np.float32) as y:
+        small_remote = timed(lambda: client.run("null_small", {"x": xs}, {"y": y}, timeout=60),
+                             reps * 20, warmup=20)
+        big_remote = timed(lambda: client.run("null_big", {"x": xb}, {"y": y}, timeout=60),
+                           reps * 20, warmup=20)
+    out["worker_4KiB_us"] = us(small_remote)
+    out["worker_64MiB_us"] = us(big_remote)
     return out
 
 
@@ -184,6 +194,8 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
     direct_prepared = timed(lambda: program.run_prepared(prepared, names, {}), reps, warmup=100)
     with nerve.Runtime(max_queue=10_000) as rt:
         sequential = timed(lambda: rt.submit(program, feeds).result(60), reps, warmup=100)
+        inline = timed(lambda: rt.submit(program, feeds, inline=True).result(60), reps,
+                       warmup=100)
         n = 200 if quick else 2000
         start = time.perf_counter()
         jobs = [rt.submit(program, feeds) for _ in range(n)]
@@ -196,6 +208,8 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
         "run_prepared_us": us(direct_prepared),
         "submit_result_us": us(sequential),
         "overhead_sequential_us": us(sequential) - us(direct),
+        "submit_inline_us": us(inline),
+        "overhead_inline_us": us(inline) - us(direct),
         "per_job_pipelined_us": pipelined * 1e6,
         "overhead_pipelined_us": pipelined * 1e6 - us(direct_prepared),
         "queue_time_tail_us": queue_us,
@@ -208,7 +222,7 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
 def steady_load(rt: nerve.Runtime, program: nerve.Program, rate: float, seconds: float,
                 rows: int = 1) -> dict[str, Any]:
     """Offer jobs at ``rate`` per second for ``seconds`` (open loop); measure what happens."""
-    x = np.random.default_rng(2).standard_normal((rows, 256)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((rows, 1024)).astype(np.float32)
     jobs: list[Any] = []
     rejected = 0
     start = time.perf_counter()
@@ -237,7 +251,7 @@ def steady_load(rt: nerve.Runtime, program: nerve.Program, rate: float, seconds:
 def bench_batching(quick: bool) -> dict[str, Any]:
     single = nerve.compile(linear_model(1))
     batched = nerve.compile(linear_model(16))
-    x = np.ones((1, 256), np.float32)
+    x = np.ones((1, 1024), np.float32)
     # Capacity of the unbatched program through the runtime (closed loop, pipelined).
     with nerve.Runtime(max_queue=100_000) as rt:
         n = 300 if quick else 3000
@@ -285,6 +299,8 @@ def table(results: dict[str, Any]) -> str:
         ("Program.run, null engine", f"{s['program_run_us']:.1f} µs", ""),
         ("Runtime.submit().result(), one at a time", f"{s['submit_result_us']:.1f} µs",
          f"overhead {s['overhead_sequential_us']:.1f} µs/job (two thread hand-offs)"),
+        ("Runtime.submit(inline=True), engine idle", f"{s['submit_inline_us']:.1f} µs",
+         f"overhead {s['overhead_inline_us']:.1f} µs/job (no hand-off)"),
         ("Runtime, 2000 jobs queued at once", f"{s['per_job_pipelined_us']:.1f} µs/job",
          f"overhead {s['overhead_pipelined_us']:.1f} µs/job (target <= 50)"),
     ]

@@ -462,3 +462,21 @@ def test_progress_is_silent_when_not_a_terminal(capsys: pytest.CaptureFixture[st
         progress.advance()
     assert progress.completed == 2
     assert capsys.readouterr().err == ""
+
+
+def test_run_profile_writes_a_chrome_trace(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from nerve.models import build_cnn
+
+    model_path = tmp_path / "cnn.onnx"
+    onnx.save(build_cnn(), str(model_path))
+    trace = tmp_path / "trace.json"
+    assert main(["run", str(model_path), "--random", "--profile", str(trace)]) == 0
+    assert "per-op trace" in capsys.readouterr().out
+    events = json.loads(trace.read_text())["traceEvents"]
+    ops = [e for e in events if e.get("ph") == "X" and e.get("cat", "").startswith("op")]
+    program = nerve.compile(build_cnn())
+    # One complete event per executed node of the compiled program, named after it.
+    assert sorted(e["name"] for e in ops) == sorted(n.name for n in program.graph.nodes)
+    assert all(e["dur"] >= 0 and "op" in e["args"] for e in ops)

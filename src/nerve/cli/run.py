@@ -23,6 +23,7 @@ from nerve.errors import InputError, NerveError
 from nerve.frontend.onnx.loader import read_model
 from nerve.ir.dtypes import bfloat16_to_float32, float32_to_bfloat16
 from nerve.runtime import TensorInfo
+from nerve.runtime.monitor import profile_run
 
 SHOWN_VALUES = 4
 
@@ -54,6 +55,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", default="host", help="compile target (default host)")
     parser.add_argument("--save", metavar="OUT.npz", help="save the outputs to an .npz file")
+    parser.add_argument(
+        "--profile",
+        metavar="TRACE.json",
+        help="after the timed runs, run once more recording each op, and write a Chrome trace "
+        "(open it in Perfetto or chrome://tracing)",
+    )
     return parser
 
 
@@ -91,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
             times.append(run_s[0])
             progress.advance()
 
+    if args.profile:
+        # A separate run, so recording each op does not skew the timings above.
+        profile_run(program, feeds, args.profile)
+
     out.heading(f"{args.model}  (target {program.target})")
     out.emit_table(_inputs_table(program.inputs, given))
     out.emit_table(_outputs_table(program.outputs, results))
@@ -98,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         save_npz(args.save, results)
         out.emit(f"saved {len(results)} outputs to {args.save}")
+    if args.profile:
+        out.emit(f"wrote a per-op trace to {args.profile}")
     return 0
 
 

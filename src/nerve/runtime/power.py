@@ -7,17 +7,22 @@ A mode sets three things the runtime controls:
 ============  =============================  ======================  =========================
 mode          threads per engine             precision preference    dynamic batching
 ============  =============================  ======================  =========================
-performance   one per available core         ``bf16`` (reduced       on, 50 µs max queue delay
-                                             precision where the     (fill batches quickly)
-                                             target accelerates it)
-balanced      half the cores (at least 1)    ``fp32``                on, 500 µs
-efficiency    1                              ``bf16``                on, 2000 µs (fuller
+performance   one per available core         bf16, fp16, then fp32   on, 50 µs max queue delay
+                                             (reduced precision      (fill batches quickly)
+                                             where the target and
+                                             CPU support it)
+balanced      half the cores (at least 1)    fp32 (accuracy)         on, 500 µs
+efficiency    1                              bf16, fp16, then fp32   on, 2000 µs (fuller
                                                                      batches, fewer wake-ups)
 ============  =============================  ======================  =========================
 
-Threads and precision reach the compiler through :meth:`PowerMode.compile_options` (used by
-:meth:`nerve.Runtime.compile`); threads also cap BLAS threads when ``threadpoolctl`` is
-installed. The batching delay is the default ``max_queue_delay_us`` of batched programs.
+The precision preference is resolved against the target: the first precision it offers and
+this CPU runs (``cpu`` offers fp32 and bf16 — bf16 only with AMX/AVX512-BF16; ``host`` only
+its native types, so there the target default applies). Threads and precision reach the
+compiler through :meth:`PowerMode.compile_options` (used by
+:meth:`nerve.Runtime.compile`); creating a Runtime (or switching its mode) also caps the BLAS
+threads numpy uses, process-wide (:func:`apply_threads`). The batching delay is the default
+``max_queue_delay_us`` of batched programs.
 
 The energy model
 ----------------
@@ -77,7 +82,7 @@ class PowerMode:
 
     name: str
     threads: int  # 0: one per available core; -k: cores // k; k > 0: exactly k
-    precision: str  # "fp32" | "bf16": the precision the compiler should prefer
+    precision: tuple[str, ...]  # precisions to prefer, best first (the target's default last)
     batching: bool  # dynamic batching for programs registered with batch=True
     max_queue_delay_us: int  # default wait for a fuller batch
 
@@ -92,19 +97,39 @@ class PowerMode:
             return max(1, cores // -self.threads)
         return self.threads
 
-    def compile_options(self) -> dict[str, Any]:
-        """Options for :func:`nerve.compile` that carry this mode's threads and precision."""
-        return {"threads": self.resolved_threads(), "precision": self.precision}
+    def precision_for(self, target: Any) -> str | None:
+        """The first preferred precision ``target`` offers and this CPU can run (None: the
+        target's default). ``target`` is a name or a :class:`nerve.compiler.targets.Target`."""
+        from nerve.compiler.targets import get_target
+
+        tgt = get_target(target)
+        for name in self.precision:
+            if name in tgt.precisions:
+                try:
+                    tgt.precision(name)  # raises when the CPU lacks the features it needs
+                except NerveError:
+                    continue
+                return name
+        return None
+
+    def compile_options(self, target: Any = "host") -> dict[str, Any]:
+        """Options for :func:`nerve.compile` on ``target`` that carry this mode's thread count
+        and precision preference."""
+        options: dict[str, Any] = {"threads": self.resolved_threads()}
+        precision = self.precision_for(target)
+        if precision is not None:
+            options["precision"] = precision
+        return options
 
 
 POWER_MODES: dict[str, PowerMode] = {
     m.name: m
     for m in (
-        PowerMode("performance", threads=0, precision="bf16", batching=True,
+        PowerMode("performance", threads=0, precision=("bf16", "fp16", "fp32"), batching=True,
                   max_queue_delay_us=50),
-        PowerMode("balanced", threads=-2, precision="fp32", batching=True,
+        PowerMode("balanced", threads=-2, precision=("fp32",), batching=True,
                   max_queue_delay_us=500),
-        PowerMode("efficiency", threads=1, precision="bf16", batching=True,
+        PowerMode("efficiency", threads=1, precision=("bf16", "fp16", "fp32"), batching=True,
                   max_queue_delay_us=2000),
     )
 }
@@ -122,14 +147,53 @@ def get_power_mode(mode: str | PowerMode) -> PowerMode:
         ) from None
 
 
+_BLAS_SETTERS = (
+    "openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",  # the OpenBLAS inside numpy's wheels
+)
+
+
+def _openblas_libraries() -> list[str]:
+    """Paths of the OpenBLAS libraries mapped into this process (Linux; else none)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps
+                           if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return []
+
+
 def apply_threads(threads: int) -> bool:
-    """Cap BLAS/OpenMP threads process-wide when threadpoolctl is installed; False otherwise."""
+    """Cap BLAS threads process-wide (numpy's matmul in the host engine); True if applied.
+
+    Uses threadpoolctl when installed, otherwise OpenBLAS's own ``*_set_num_threads`` in the
+    libraries already loaded. Why it matters: OpenBLAS threads spin after each call, and on a
+    small machine they starve the scheduler's threads (10 ms hand-offs instead of 50 µs).
+    """
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        return False
-    threadpool_limits(limits=threads)
-    return True
+        pass
+    else:
+        threadpool_limits(limits=threads, user_api="blas")
+        return True
+    import ctypes
+
+    applied = False
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in _BLAS_SETTERS:
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                applied = True
+                break
+    return applied
 
 
 # --------------------------------------------------------------------------- energy model

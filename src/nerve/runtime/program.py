@@ -171,6 +171,17 @@ class Program:
     def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
         return self.run(feeds)
 
+    def submit(self, feeds: Mapping[str, Any], priority: int = 0,
+               deadline_ms: float | None = None, tag: Any = None,
+               out: Mapping[str, Any] | None = None, runtime: Any = None) -> Any:
+        """Queue a run on ``runtime`` (default: the process-wide :func:`default_runtime`) and
+        return its :class:`~nerve.Job` — ``Runtime.submit(self, feeds, ...)``."""
+        from nerve.runtime.scheduler import default_runtime
+
+        rt = runtime if runtime is not None else default_runtime()
+        return rt.submit(self, feeds, priority=priority, deadline_ms=deadline_ms, tag=tag,
+                         out=out)
+
     def prepare_feeds(
         self, feeds: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> dict[str, np.ndarray]:

@@ -244,6 +244,7 @@ class _Entry:
         self.batch = batch
         self.explicit_delay_us = max_queue_delay_us
         self.heap: list[Job] = []
+        self.rows_queued = 0  # rows of the jobs waiting (kept so batching never scans the heap)
         self.last_served = -1
         self.stats = ProgramStats(name)
         self.variants: list[_Variant] = []
@@ -272,16 +273,10 @@ class _Entry:
             heapq.heappop(heap)
         return heap[0] if heap else None
 
-    def queued_rows(self, limit: int) -> tuple[int, int]:
-        """(jobs, rows) that the next batch would take, in queue order, up to ``limit`` rows."""
-        jobs = rows = 0
-        queued = (j for j in self.heap if j._status is JobStatus.QUEUED)
-        for job in heapq.nsmallest(limit, queued):  # each job has >= 1 row
-            if rows + job.rows > limit:
-                break
-            jobs += 1
-            rows += job.rows
-        return jobs, rows
+    def next_rows(self) -> int:
+        """Rows the next execution would carry (an upper bound: packing stops at a job that
+        does not fit), without scanning the queue."""
+        return min(self.rows_queued, self.max_batch) if self.batching else 1
 
     def take(self, limit: int) -> list[Job]:
         """Pop the jobs of the next execution (at most ``limit`` rows; one job if unbatched)."""
@@ -294,6 +289,7 @@ class _Entry:
             heapq.heappop(self.heap)
             taken.append(job)
             rows += job.rows
+            self.rows_queued -= job.rows
             if not self.batching:
                 break
         return taken
@@ -388,16 +384,14 @@ class _Lane:
                     return None, [], []
                 self.cond.wait(self._until_next_deadline(now))
                 continue
-            if entry.batching and not rt._closing:
-                _, rows = entry.queued_rows(entry.max_batch)
-                if rows < entry.max_batch and not self._others_waiting(entry):
-                    wait_until = self._batch_wait_until(entry)
-                    if now < wait_until:
-                        self.cond.wait(wait_until - now)
-                        continue
+            if (entry.batching and not rt._closing and entry.rows_queued < entry.max_batch
+                    and not self._others_waiting(entry)):
+                wait_until = self._batch_wait_until(entry)
+                if now < wait_until:
+                    self.cond.wait(wait_until - now)
+                    continue
             if rt._governor is not None:
-                _, rows = entry.queued_rows(entry.max_batch) if entry.batching else (1, 1)
-                delay = rt._governor.reserve(rt._execution_energy(entry, rows))
+                delay = rt._governor.reserve(rt._execution_energy(entry, entry.next_rows()))
                 if delay > 0:
                     head = entry.head()
                     if head is not None:
@@ -434,13 +428,16 @@ class _Lane:
         return max(0.0, self.deadlines[0][0] - now) + 1e-4
 
     def _batch_wait_until(self, entry: _Entry) -> float:
-        queued = [j for j in entry.heap if j._status is JobStatus.QUEUED]
-        until = min(j.queued_at for j in queued) + entry.max_queue_delay_s
-        deadlines = [j.deadline for j in queued if j.deadline is not None]
-        if deadlines:
-            # Leave time to run before the earliest deadline (the last execution's duration).
+        """How long the next job may wait for company: max_queue_delay after it was queued,
+        but never so long that it would miss its deadline (the head has the earliest one of
+        its priority)."""
+        head = entry.head()
+        assert head is not None
+        until = head.queued_at + entry.max_queue_delay_s
+        if head.deadline is not None:
+            # Leave time to run before the deadline (the last execution's duration).
             recent = entry.stats.compute[-1] if entry.stats.compute else 0.0
-            until = min(until, min(deadlines) - recent)
+            until = min(until, head.deadline - recent)
         return until
 
     # -- the loop ----------------------------------------------------------------------
@@ -517,7 +514,8 @@ class Runtime:
         """``nerve.compile`` with this power mode's thread count and precision preference."""
         from nerve.runtime.compile import compile as compile_program
 
-        return compile_program(model, target, **{**self.power_mode.compile_options(), **options})
+        mode_options = self.power_mode.compile_options(target)
+        return compile_program(model, target, **{**mode_options, **options})
 
     def register(
         self,
@@ -619,6 +617,7 @@ class Runtime:
     def _enqueue(self, entry: _Entry, lane: _Lane, job: Job) -> Job:
         """Under the lock: put ``job`` in its program's queue and wake the worker."""
         heapq.heappush(entry.heap, job)
+        entry.rows_queued += job.rows
         self._queued += 1
         with entry.stats.lock:
             entry.stats.pending += 1
@@ -676,6 +675,7 @@ class Runtime:
     def _finish_unrun(self, job: Job, status: JobStatus, now: float) -> list[Callable[[Job], None]]:
         """Under the lock: a queued job ends without running (cancelled or expired)."""
         entry = job._entry
+        entry.rows_queued -= job.rows
         self._queued -= 1
         with entry.stats.lock:
             entry.stats.pending -= 1
@@ -723,7 +723,8 @@ class Runtime:
         for job, callbacks in fired:
             job._fire(callbacks)
         for lane in lanes:
-            lane.thread.join(timeout)
+            if lane.thread is not threading.current_thread():  # close() from a done callback
+                lane.thread.join(timeout)
         self._closed = True
 
     def _check_open(self) -> None:
@@ -858,4 +859,17 @@ class Runtime:
         return list(self._by_name)
 
 
-__all__ = ["Job", "JobStatus", "Runtime"]
+_DEFAULT: Runtime | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process-wide Runtime ``Program.submit`` uses (balanced mode), created on first use."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None or _DEFAULT._closing:
+            _DEFAULT = Runtime()
+        return _DEFAULT
+
+
+__all__ = ["Job", "JobStatus", "Runtime", "default_runtime"]

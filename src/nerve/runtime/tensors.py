@@ -220,6 +220,12 @@ def check_name(name: str) -> str:
     return bare
 
 
+# This process's pid, kept current across fork (mark_busy runs twice per tensor per run).
+_PID = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -313,6 +319,9 @@ class SharedTensor:
         self._data = np.ndarray(
             self.shape, self.dtype.numpy, buffer=_buf(shm), offset=self.data_offset
         )
+        # The reference never changes: build it once (clients send it with every run).
+        self._ref = {"name": self.name, "offset": self.data_offset, "nbytes": self.nbytes,
+                     "token": self.token.hex()}
 
     # -- construction ----------------------------------------------------------------
 
@@ -426,7 +435,7 @@ class SharedTensor:
         """Add ``delta`` to the shared busy count (the worker calls this around a run)."""
         count, _pid = struct.unpack_from("<II", _buf(self._shm), _BUSY_OFFSET)
         count = max(0, count + delta)
-        struct.pack_into("<II", _buf(self._shm), _BUSY_OFFSET, count, os.getpid() if count else 0)
+        struct.pack_into("<II", _buf(self._shm), _BUSY_OFFSET, count, _PID[0] if count else 0)
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -516,8 +525,7 @@ class SharedTensor:
 
     def ref(self) -> dict[str, Any]:
         """What a client sends a worker to name this tensor (no data)."""
-        return {"name": self.name, "offset": self.data_offset, "nbytes": self.nbytes,
-                "token": self.token.hex()}
+        return dict(self._ref)
 
     # -- lifetime --------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Client as _connect
 from multiprocessing.connection import Connection, Listener
@@ -67,6 +68,7 @@ log = logging.getLogger("nerve")
 
 MAX_MESSAGE = 1 << 20  # control messages are small; anything bigger is refused
 MAX_ATTACHMENTS = 4096  # shared-memory mappings one client session may hold open
+MAX_PLANS = 256  # validated run requests one session remembers
 PROTOCOL = 1
 
 
@@ -86,6 +88,31 @@ def _describe(program: Program, batch: bool) -> dict[str, Any]:
 # =========================================================================== worker side
 
 
+class _RunPlan:
+    """A validated run request: the program and its input/output views into shared memory."""
+
+    def __init__(self, program: Program, feeds: dict[str, np.ndarray],
+                 outs: dict[str, np.ndarray], used: list[SharedTensor],
+                 out_tensors: list[SharedTensor]) -> None:
+        self.program = program
+        self.feeds = feeds
+        self.outs = outs
+        self.used = used
+        self.out_tensors = out_tensors
+        self.names = [t.name for t in used]
+
+
+def _plan_key(program: Program, inputs: Any, outputs: Any) -> Any:
+    """A hashable key for a run request's tensor references (None if they are malformed:
+    the full validation will say why, or unsafe to reuse)."""
+    try:
+        refs = [tuple(sorted((n, r["name"], r["offset"], r["nbytes"], r["token"])
+                             for n, r in side.items())) for side in (inputs, outputs)]
+        return (id(program), *refs)
+    except (AttributeError, KeyError, TypeError):
+        return None  # includes references without a token: those are never reused
+
+
 class _Session:
     """One client connection inside the worker."""
 
@@ -95,7 +122,10 @@ class _Session:
         self.number = number
         self.send_lock = threading.Lock()
         self.attached: dict[str, SharedTensor] = {}
-        self.inflight: dict[int, Job] = {}
+        self.plans: dict[Any, _RunPlan] = {}  # validated views of repeated run requests
+        self.inflight: dict[int, Job] = {}  # queued or running jobs (to cancel on disconnect)
+        self.active = 0  # runs between submit and reply (inline runs included)
+        self.active_names: Counter[str] = Counter()  # shared tensors those runs use
         self.lock = threading.Lock()
         self.closed = False
         self.released = False
@@ -175,11 +205,13 @@ class _Session:
         names = message.get("names")
         released = []
         with self.lock:
-            busy = {n for job in self.inflight.values() for n in getattr(job, "shm_names", ())}
+            busy = {n for n, count in self.active_names.items() if count > 0}
             for name in list(self.attached) if names is None else names:
                 if name in self.attached and name not in busy:
                     self.attached.pop(name).close()
                     released.append(name)
+            if released:
+                self.plans.clear()
         return {"released": released}
 
     def op_stats(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +220,7 @@ class _Session:
 
     def session_stats(self) -> dict[str, Any]:
         return {"bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent,
-                "attachments": len(self.attached), "inflight": len(self.inflight)}
+                "attachments": len(self.attached), "inflight": self.active}
 
     # -- runs ------------------------------------------------------------------------
 
@@ -205,9 +237,11 @@ class _Session:
         token = ref.get("token")
         with self.lock:
             tensor = self.attached.get(name)
-            if tensor is not None and token is not None and tensor.token.hex() != token:
-                # The name now belongs to a new segment: drop the stale mapping.
+            if tensor is not None and (token is None or tensor.token.hex() != token):
+                # The name may now belong to a new segment (without a token we cannot tell):
+                # drop the old mapping and map it afresh.
                 self.attached.pop(name).close()
+                self.plans.clear()
                 tensor = None
             if tensor is None:
                 if len(self.attached) >= MAX_ATTACHMENTS:
@@ -245,9 +279,15 @@ class _Session:
             tensors.append(tensor)
         return views, tensors
 
-    def run(self, msg_id: Any, message: dict[str, Any]) -> None:
+    def plan(self, message: dict[str, Any]) -> _RunPlan:
+        """The validated views for a run request; repeated requests reuse the same plan."""
         program, batch = self.server.program(message.get("program"))
         inputs, outputs = message.get("inputs", {}), message.get("outputs", {})
+        key = _plan_key(program, inputs, outputs)
+        with self.lock:
+            cached = self.plans.get(key) if key is not None else None
+        if cached is not None:
+            return cached
         rows = None
         if batch:
             rows = _rows_of(self, inputs, program)
@@ -260,15 +300,29 @@ class _Session:
             for b in [*feeds.values(), *(v for v in outs.values() if v is not a)]:
                 if np.shares_memory(a, b):
                     raise SharedTensorError("an output's window overlaps another tensor's")
+        made = _RunPlan(program, feeds, outs, [*in_tensors, *out_tensors], out_tensors)
+        with self.lock:
+            if key is not None and all(self.attached.get(t.name) is t for t in made.used):
+                if len(self.plans) >= MAX_PLANS:
+                    self.plans.clear()
+                self.plans[key] = made
+        return made
+
+    def run(self, msg_id: Any, message: dict[str, Any]) -> None:
+        plan = self.plan(message)
+        program, feeds, outs = plan.program, plan.feeds, plan.outs
+        used = plan.used
         priority = message.get("priority", 0)
         deadline_ms = message.get("deadline_ms")
         if not isinstance(priority, int) or not (
             deadline_ms is None or isinstance(deadline_ms, (int, float))
         ):
             raise WorkerError("priority must be an integer and deadline_ms a number or null")
-        used = [*in_tensors, *out_tensors]
         for t in used:
             t.mark_busy(+1)
+        with self.lock:
+            self.active += 1
+            self.active_names.update(plan.names)
         try:
             # inline: with the engine idle, run in this session's thread (no hand-off).
             job = self.server.runtime.submit(program, feeds, priority=priority,
@@ -277,20 +331,23 @@ class _Session:
         except BaseException:
             for t in used:
                 t.mark_busy(-1)
+            with self.lock:
+                self.active -= 1
+                self.active_names.subtract(plan.names)
             raise
-        job.shm_names = [t.name for t in used]  # type: ignore[attr-defined]
         with self.lock:
-            self.inflight[job.id] = job
+            self.inflight[job.id] = job  # before the callback, which removes it
         received = self.received_at
-        job.add_done_callback(lambda j: self._finished(msg_id, j, used, out_tensors, received))
+        job.add_done_callback(
+            lambda j: self._finished(msg_id, j, plan, received)
+        )
 
-    def _finished(self, msg_id: Any, job: Job, used: list[SharedTensor],
-                  out_tensors: list[SharedTensor], received: float) -> None:
-        for t in used:
+    def _finished(self, msg_id: Any, job: Job, plan: _RunPlan, received: float) -> None:
+        for t in plan.used:
             t.mark_busy(-1)
         versions = {}
         if job.status == "done":
-            for t in out_tensors:
+            for t in plan.out_tensors:
                 versions[t.name] = t.bump_version()
             self.server.runs += 1
             reply: dict[str, Any] = {
@@ -307,7 +364,9 @@ class _Session:
         self.send(reply)
         with self.lock:
             self.inflight.pop(job.id, None)
-            release = self.closed and not self.inflight
+            self.active -= 1
+            self.active_names.subtract(plan.names)
+            release = self.closed and self.active == 0
         if release:
             self.release_all()
 
@@ -324,7 +383,7 @@ class _Session:
         for job in jobs:
             job.cancel()  # queued ones end now (their callbacks drop them from inflight)
         with self.lock:
-            release = not self.inflight
+            release = self.active == 0
         if release:
             self.release_all()
 
@@ -334,6 +393,7 @@ class _Session:
                 return
             self.released = True
             tensors, self.attached = list(self.attached.values()), {}
+            self.plans.clear()
         for t in tensors:
             t.close()
         self.server.forget(self)
@@ -418,7 +478,7 @@ class _Server:
             "pid": os.getpid(),
             "sessions": len(sessions),
             "attachments": sum(len(s.attached) for s in sessions),
-            "inflight": sum(len(s.inflight) for s in sessions),
+            "inflight": sum(s.active for s in sessions),
             "runs": self.runs,
             "programs": sorted(self.programs),
         }
@@ -563,8 +623,12 @@ class _SharedPool:
         return tensor
 
     def close(self) -> None:
-        for t in self.tensors:
-            t.close()
+        """Free the tensors nobody holds; a result still held lives on (and is unlinked when
+        its last reference goes)."""
+        held = outside_references(self.tensors)
+        for t, others in zip(self.tensors, held):
+            if others == 0:
+                t.close()
         self.tensors = []
 
 
@@ -785,8 +849,8 @@ class Client:
             self._send({
                 "id": msg_id, "op": "run", "program": program, "priority": int(priority),
                 "deadline_ms": deadline_ms, "tag": tag,
-                "inputs": {n: t.ref() for n, t in ins.items()},
-                "outputs": {n: t.ref() for n, t in outs.items()},
+                "inputs": {n: t._ref for n, t in ins.items()},
+                "outputs": {n: t._ref for n, t in outs.items()},
             })
         except WorkerError as exc:
             self._pending.pop(msg_id, None)

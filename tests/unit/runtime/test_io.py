@@ -258,3 +258,24 @@ def test_compile_report_is_available_from_the_program() -> None:
     program = nerve.compile(affine_relu(4))
     assert program.report.target == "host"
     assert program.report.format().startswith("compile report")
+
+
+def test_native_engine_reads_the_feed_in_place() -> None:
+    """On the native engine the generated code gets the caller's pointer (one foreign call)."""
+    try:
+        program = nerve.compile(affine_relu(8), "cpu")
+    except nerve.NerveError as exc:  # no C compiler here: the cpu target is not available
+        pytest.skip(f"native engine unavailable: {exc}")
+    if program.engine != "native":
+        pytest.skip("the cpu target fell back to the host engine (no C compiler)")
+    x = np.arange(8, dtype=np.float32)
+    y = program.run({"x": x})["y"]
+    np.testing.assert_allclose(y, expected(x), rtol=1e-6)
+    parts = [p for exe in program._executables for p in getattr(exe, "parts", [exe])]
+    pointers = [part._table[slot] for part in parts  # type: ignore[attr-defined]
+                for slot, name, _ in part._inputs if name == "x"]  # type: ignore[attr-defined]
+    assert pointers and all(p == address(x) for p in pointers)
+    with nerve.Runtime() as rt:  # and the scheduler gives the native engine its own worker
+        job = rt.submit(program, {"x": x})
+        np.testing.assert_array_equal(job.result(30)["y"], y)
+        assert set(rt._lanes) == {"native"}

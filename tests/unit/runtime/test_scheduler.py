@@ -355,9 +355,16 @@ def test_power_modes_set_threads_precision_and_batching() -> None:
     perf, bal, eff = (POWER_MODES[m] for m in ("performance", "balanced", "efficiency"))
     assert eff.resolved_threads() == 1 <= bal.resolved_threads() <= perf.resolved_threads()
     assert perf.max_queue_delay_us < bal.max_queue_delay_us < eff.max_queue_delay_us
-    assert eff.compile_options() == {"threads": 1, "precision": "bf16"}
+    # The host target offers only its native precision: the preference falls back to it.
+    assert eff.compile_options("host") == {"threads": 1}
+    assert bal.precision_for("cpu") == "fp32"
+    assert perf.precision_for("cpu") in ("bf16", "fp32")  # bf16 only where the CPU has it
+    assert perf.precision_for("ane") == "fp16"
     with Runtime("efficiency") as rt:
         assert rt.power_mode is eff
+        program = rt.compile(affine_relu(4))
+        np.testing.assert_array_equal(program.run(ones())["y"],
+                                      affine_program(4).run(ones())["y"])
         rt.set_power_mode("performance")
         assert rt.power_mode is perf
     with pytest.raises(nerve.NerveError, match="unknown power mode"):
@@ -447,3 +454,37 @@ def test_closed_runtime_refuses_jobs() -> None:
     rt.close()
     with pytest.raises(SchedulerError, match="closed"):
         rt.submit(affine_program(4), ones())
+
+
+def test_inline_submit_runs_in_the_callers_thread_only_when_idle() -> None:
+    threads: list[str] = []
+    program = null_program(affine_relu(4),
+                           on_run=lambda env: threads.append(threading.current_thread().name))
+    rt = Runtime(paused=True)
+    try:
+        queued = rt.submit(program, ones())
+        behind = rt.submit(program, ones(), inline=True)  # work is waiting: no jumping ahead
+        assert queued.status == behind.status == "queued"
+        rt.resume()
+        behind.result(WAIT)
+        assert threads == ["nerve-null", "nerve-null"]
+        job = rt.submit(program, ones(), inline=True)  # idle now: runs here, done on return
+        assert job.status == "done"
+        assert threads[-1] == threading.current_thread().name
+    finally:
+        rt.close(timeout=WAIT)
+
+
+def test_power_mode_caps_blas_threads() -> None:
+    from nerve.runtime.power import _openblas_libraries, apply_threads
+
+    if not _openblas_libraries():
+        pytest.skip("no OpenBLAS loaded in this process")
+    assert apply_threads(1)
+
+
+def test_program_submit_uses_the_default_runtime() -> None:
+    program = affine_program(4)
+    job = program.submit(ones(4, 3.0), priority=2, tag="via-program")
+    np.testing.assert_array_equal(job.result(WAIT)["y"], program.run(ones(4, 3.0))["y"])
+    assert job.tag == "via-program" and job.priority == 2

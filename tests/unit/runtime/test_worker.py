@@ -287,3 +287,18 @@ def test_worker_starts_and_stops_cleanly(models: dict[str, str]) -> None:
     assert not os.path.exists(address)
     with pytest.raises(WorkerError, match="cannot connect"):
         nerve.connect(address, w.authkey)
+
+
+def test_a_recreated_tensor_name_is_never_served_from_a_stale_mapping(client: Client) -> None:
+    name = f"nerve_test_{os.getpid()}_recreated"
+    for value in (1.0, -3.0):
+        with SharedTensor.from_array(np.full(8, value, np.float32), name=name) as x:
+            y = client.run("affine", {"x": x}, timeout=WAIT)["y"]
+            np.testing.assert_array_equal(y.array, reference(np.full(8, value, np.float32)))
+
+
+def test_cli_worker_rejects_bad_model_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from nerve.cli import main
+
+    assert main(["worker", "--model", "no-equals-sign"]) == 2
+    assert "--model expects NAME=PATH" in capsys.readouterr().err
