@@ -16,7 +16,7 @@ from nerve._version import __version__
 from nerve.errors import NerveError
 
 # Subcommand modules under nerve.cli, in the order `nerve --help` lists them.
-SUBCOMMANDS = ["show", "run", "compile", "check", "demo", "worker"]
+SUBCOMMANDS = ["show", "run", "compile", "check", "demo", "worker", "bench", "cache"]
 
 
 def _available() -> list[str]:

@@ -71,7 +71,9 @@ def case(fn: Builder) -> Builder:
     return fn
 
 
-def const(name: str, values: list[int] | list[float], dtype: type = np.int64) -> dict[str, np.ndarray]:
+def const(
+    name: str, values: list[int] | list[float], dtype: type = np.int64
+) -> dict[str, np.ndarray]:
     return {name: np.asarray(values, dtype)}
 
 
@@ -363,7 +365,12 @@ def views(rng: np.random.Generator) -> Case:
 
 @case
 def broadcast_chain(rng: np.random.Generator) -> Case:
-    f = {"a": rand(rng, 2, 3, 4, 5), "b": rand(rng, 3, 1, 5), "c": rand(rng, 4, 1), "d": rand(rng, 1)}
+    f = {
+        "a": rand(rng, 2, 3, 4, 5),
+        "b": rand(rng, 3, 1, 5),
+        "c": rand(rng, 4, 1),
+        "d": rand(rng, 1),
+    }
     cond = {"k": np.asarray(rng.standard_normal((3, 4, 5)) > 0)}
     nodes = [
         node("Mul", ["a", "b"], "t1"),

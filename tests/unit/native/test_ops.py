@@ -77,9 +77,7 @@ def test_unclaimed_nodes_run_on_host_inside_the_segment() -> None:
     from nerve.engines.host import HostEngine
     from nerve.runtime.compile import load_graph
 
-    case = next(b for b in BUILDERS if b.__name__ == "with_host_fallback")(
-        np.random.default_rng(1)
-    )
+    case = next(b for b in BUILDERS if b.__name__ == "with_host_fallback")(np.random.default_rng(1))
     graph = load_graph(case.model)
     segment, plan = native.segment_plan(graph)
     exe = native.NativeEngine().build(segment, plan)
@@ -101,7 +99,7 @@ def test_elementwise_chain_is_one_loop(
     assert len(native_parts) == 1
     # Six ONNX nodes, one generated loop, one kernel step.
     assert len(native_parts[0].code.steps) == 1
-    assert native_parts[0].code.code.count("#pragma omp parallel for") == 1
+    assert native_parts[0].code.code.count("nk_parallel_for(") == 1
 
 
 def test_gemm_epilogue_is_fused(built: dict[str, tuple[Case, dict[bool, nerve.Program]]]) -> None:

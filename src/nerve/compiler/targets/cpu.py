@@ -58,9 +58,9 @@ _MOVEMENT = (
 
 
 def _attention_ok(node: Node, graph: Graph) -> str | None:
-    # The native Attention kernel takes the scale as an attribute only (not yet as input 4).
-    if len(node.inputs) > 4 and node.inputs[4]:
-        return "Attention with its scale held in a weight runs on host"
+    # The native Attention kernel takes the scale as an attribute or a scalar input 4.
+    if len(node.inputs) > 4 and node.inputs[4] and graph.types[node.inputs[4]].numel != 1:
+        return "Attention with a non-scalar scale runs on host"
     return None
 
 

@@ -169,4 +169,12 @@ def segment_plan(graph: Graph, engine: str = "native", **options: object) -> tup
     return segment, plan
 
 
-__all__ = ["NATIVE_OPS", "NativeEngine", "batch", "claims", "segment_plan", "thread_count", "why_not"]
+__all__ = [
+    "NATIVE_OPS",
+    "NativeEngine",
+    "batch",
+    "claims",
+    "segment_plan",
+    "thread_count",
+    "why_not",
+]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerve import flags
-from nerve.errors import CompileError
 from nerve.engines.native.toolchain import CSRC, Toolchain, log, run_compiler, source_hash
+from nerve.errors import CompileError
 
 _lock = threading.RLock()
 _verified: dict[Path, str] = {}  # library path -> sha256 already checked in this process

@@ -34,9 +34,17 @@ UNARY_OPS = frozenset(
 )  # fmt: skip
 BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "PRelu"})
 VARIADIC_OPS = frozenset({"Max", "Min", "Sum", "Mean"})
-ELEMENTWISE_OPS = UNARY_OPS | BINARY_OPS | VARIADIC_OPS | {
-    "Clip", "Where", "BatchNormalization", "Cast",
-}
+ELEMENTWISE_OPS = (
+    UNARY_OPS
+    | BINARY_OPS
+    | VARIADIC_OPS
+    | {
+        "Clip",
+        "Where",
+        "BatchNormalization",
+        "Cast",
+    }
+)
 
 # Ops whose output aliases their input's memory (no code runs).
 VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -237,6 +245,9 @@ def _fused_elementwise(node: Node, graph: Graph) -> str | None:
 
 
 def _attention(node: Node, graph: Graph) -> str | None:
+    scale = node.inputs[4] if len(node.inputs) > 4 else ""
+    if scale and graph.types[scale].numel != 1:
+        return "Attention scale input must be a scalar"
     return _all_f32(node, graph, [n for n in (*node.inputs, *node.outputs) if n])
 
 

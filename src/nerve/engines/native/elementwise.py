@@ -12,6 +12,7 @@ block while it is still in cache), so intermediate tensors are never written to 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,10 +205,26 @@ class Chain:
         return len(self.operands) - 1
 
 
-def _body(chain: Chain, load: Callable[[int], str], acc: str) -> list[str]:
-    """Statements computing the chain for one element; the result is in ``v<last>``."""
+def _load(chain: Chain, i: int, expr: str) -> str:
+    """The statement reading operand ``i`` into ``x<i>`` (bools as 0/1, numbers as float)."""
+    operand = chain.operands[i]
+    if operand.is_bool:
+        return f"const int x{i} = {expr} != 0;"
+    if operand.ctype == "float":
+        return f"const float x{i} = {expr};"
+    return f"const float x{i} = (float){expr};"
+
+
+def _body(
+    chain: Chain, load: Callable[[int], str], acc: str, hoisted: frozenset[int] = frozenset()
+) -> list[str]:
+    """Statements computing the chain for one element; the result is in ``v<last>``.
+
+    Operands in ``hoisted`` (broadcast along the loop) were read into ``x<i>`` before it:
+    loop-invariant loads inside the loop would stop gcc from vectorising it.
+    """
     lines: list[str] = []
-    loaded: dict[int, str] = {}
+    loaded: dict[int, str] = {i: f"x{i}" for i in hoisted}
     for j, op in enumerate(chain.ops):
         args: list[str] = []
         consts: list[float | None] = []
@@ -215,13 +232,7 @@ def _body(chain: Chain, load: Callable[[int], str], acc: str) -> list[str]:
             if kind == "operand":
                 i = int(value)
                 if i not in loaded:
-                    operand = chain.operands[i]
-                    if operand.is_bool:
-                        lines.append(f"const int x{i} = {load(i)} != 0;")
-                    elif operand.ctype == "float":
-                        lines.append(f"const float x{i} = {load(i)};")
-                    else:
-                        lines.append(f"const float x{i} = (float){load(i)};")
+                    lines.append(_load(chain, i, load(i)))
                     loaded[i] = f"x{i}"
                 args.append(loaded[i])
                 consts.append(None)
@@ -255,32 +266,54 @@ def loop_function(chain: Chain, name: str) -> str:
     total = rows * inner
     block = inner if rows >= 16 or inner <= 8192 else 4096
     nblk = -(-inner // block)
-    params = ["int nt"]
-    for i, op in enumerate(chain.operands):
-        params.append(f"const {op.ctype} *restrict a{i}")
-    params.append("float *restrict y")
-    lines = [f"static void {name}({', '.join(params)}) {{"]
-    lines.append(f"    const int par = nt > 1 && {total}LL >= 32768LL;")
-    lines.append("#pragma omp parallel for num_threads(nt) schedule(static) if (par)")
-    lines.append(f"    for (int64_t u = 0; u < {rows * nblk}LL; u++) {{")
+    operands = [f"const {op.ctype} *restrict a{i}" for i, op in enumerate(chain.operands)]
+    plain = [f"const {op.ctype} *a{i}" for i, op in enumerate(chain.operands)]
+    names = [f"a{i}" for i in range(len(chain.operands))]
+    units = rows * nblk
+    grain = max(1, 16384 // max(block, 1))
+    lines = [
+        f"static void {name}_rows(int64_t u0, int64_t u1, {', '.join([*operands, 'float *restrict y'])}) {{"
+    ]
+    lines.append("    for (int64_t u = u0; u < u1; u++) {")
     lines.append(f"        const int64_t r = u / {nblk}LL, j0 = (u % {nblk}LL) * {block}LL;")
-    lines.append(f"        const int64_t j1 = j0 + {block}LL < {inner}LL ? j0 + {block}LL : {inner}LL;")
+    lines.append(
+        f"        const int64_t j1 = j0 + {block}LL < {inner}LL ? j0 + {block}LL : {inner}LL;"
+    )
     # Row base offsets: decompose r over the row dimensions once per row.
     offsets = _row_offsets(row_dims, sets)
     lines.extend("        " + s for s in offsets.prelude)
     for i in range(len(chain.operands)):
-        lines.append(f"        const {chain.operands[i].ctype} *restrict p{i} = a{i} + {offsets.exprs[i + 1]};")
+        lines.append(
+            f"        const {chain.operands[i].ctype} *restrict p{i} = a{i} + {offsets.exprs[i + 1]};"
+        )
     lines.append(f"        float *restrict py = y + {offsets.exprs[0]};")
     inner_strides = [s[-1] for s in sets]
+    hoisted = frozenset(i for i in range(len(chain.operands)) if not inner_strides[i + 1])
+    lines.extend(f"        {_load(chain, i, f'p{i}[0]')}" for i in sorted(hoisted))
     lines.append("        for (int64_t j = j0; j < j1; j++) {")
 
     def load(i: int) -> str:
-        return f"p{i}[j]" if inner_strides[i + 1] else f"p{i}[0]"
+        return f"p{i}[j]"
 
-    body = _body(chain, load, "")
+    body = _body(chain, load, "", hoisted)
     lines.extend("            " + s for s in body)
     lines.append(f"            py[j] = v{len(chain.ops) - 1};")
     lines += ["        }", "    }", "}"]
+    # The parallel loop's context and task (nk_parallel_for calls the task on unit ranges).
+    fields = "".join(f" {p};" for p in [*plain, "float *y"])
+    lines.append(f"typedef struct {{{fields} }} {name}_ctx;")
+    lines.append(f"static void {name}_task(void *c, int64_t u0, int64_t u1) {{")
+    lines.append(f"    const {name}_ctx *k = (const {name}_ctx *)c;")
+    args = ", ".join([*(f"k->{n}" for n in names), "k->y"])
+    lines.append(f"    {name}_rows(u0, u1, {args});")
+    lines.append("}")
+    lines.append(f"static void {name}(int nt, {', '.join([*plain, 'float *y'])}) {{")
+    lines.append(f"    {name}_ctx k = {{{', '.join([*names, 'y'])}}};")
+    lines.append(
+        f"    nk_parallel_for({total}LL >= 32768LL ? nt : 1, {units}LL, {grain}LL, "
+        f"{name}_task, &k);"
+    )
+    lines.append("}")
     return "\n".join(lines)
 
 
@@ -352,14 +385,17 @@ def epilogue_function(
     for i, (ms, _) in enumerate(plans):
         ctype = chain.operands[i].ctype
         lines.append(
-            f"        const {ctype} *restrict p{i} = a{i} + o{i}" + (f" + m * {ms}LL;" if ms else ";")
+            f"        const {ctype} *restrict p{i} = a{i} + o{i}"
+            + (f" + m * {ms}LL;" if ms else ";")
         )
+    hoisted = frozenset(i for i in range(len(chain.operands)) if not plans[i][1])
+    lines.extend(f"        {_load(chain, i, f'p{i}[0]')}" for i in sorted(hoisted))
     lines.append("        for (int64_t n = n0; n < n1; n++) {")
 
     def load(i: int) -> str:
-        return f"p{i}[n]" if plans[i][1] else f"p{i}[0]"
+        return f"p{i}[n]"
 
-    body = _body(chain, load, "py[n]")
+    body = _body(chain, load, "py[n]", hoisted)
     lines.extend("            " + s for s in body)
     lines.append(f"            py[n] = v{len(chain.ops) - 1};")
     lines += ["        }", "    }", "}"]
@@ -371,7 +407,7 @@ def _group_stride(shape: tuple[int, ...], strides: tuple[int, ...], dims: list[i
     live = [d for d in dims if shape[d] != 1]
     if not live:
         return 0
-    for a, b in zip(live, live[1:]):
+    for a, b in itertools.pairwise(live):
         if strides[a] != strides[b] * shape[b]:
             return None
     return strides[live[-1]]

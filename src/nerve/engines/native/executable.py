@@ -87,9 +87,12 @@ class NativePart:
         for slot, name, dtype in self._params:
             # Weights are bound once; a different array (an update, a baked slot) re-binds.
             current = env.get(name)
+            if current is None:
+                raise KernelError(
+                    f"weight {name!r} is missing from the run's environment; a native segment "
+                    "reads its weights from the program"
+                )
             if current is not self._seen.get(slot):
-                if current is None:
-                    raise KernelError(f"weight {name!r} is missing from the run's environment")
                 self._bind(slot, current, dtype)
         held = []
         for slot, name, dtype in self._inputs:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from nerve.engines.native.claims import ELEMENTWISE_OPS, POOL_OPS, REDUCE_OPS, VIEW_OPS
 from nerve.engines.native.buffers import root_of
+from nerve.engines.native.claims import ELEMENTWISE_OPS, POOL_OPS, REDUCE_OPS, VIEW_OPS
 from nerve.engines.native.elementwise import Chain, ChainOp, _group_stride
 from nerve.engines.native.shapes import (
     broadcast_strides,
@@ -114,8 +114,11 @@ class Lowering:
     def _program(self, node: Node) -> Program:
         """``node`` as registers (its inputs) and steps over them."""
         if node.domain == NERVE_DOMAIN:
-            steps = [(step_node(s), [int(r) for r in s[1]]) for s in node.attr("program", ())]
-            return [n for n in node.inputs if n], steps  # type: ignore[misc]
+            registers: list[Register] = [n for n in node.inputs if n]
+            steps: list[tuple[Node, list[int | None]]] = [
+                (step_node(s), [int(r) for r in s[1]]) for s in node.attr("program", ())
+            ]
+            return registers, steps
         return list(node.inputs), [(node, list(range(len(node.inputs))))]
 
     def _operand_shape(self, node: Node, index: int, name: str) -> tuple[int, ...]:
@@ -128,7 +131,7 @@ class Lowering:
     def _elementwise(self, node: Node) -> None:
         out = node.outputs[0]
         shape = self.type(out).shape
-        for i, name in enumerate(node.inputs):
+        for name in node.inputs:
             step = self.open.get(name)
             if step is None or self.uses.get(name, 0) != 1 or name in self.keep:
                 continue
@@ -350,8 +353,8 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
 
 
 def _attention(lw: Lowering, node: Node) -> list[Step]:
-    """Attention as scores = Q Kt (scale and mask in the GEMM epilogue), softmax in place,
-    out = P V: three kernels over one scratch tensor of scores."""
+    """Attention(Q, Kt, V, [mask], [scale]) as scores = Q Kt (scale and mask applied in the
+    GEMM epilogue), softmax in place, out = P V: three kernels over one scratch tensor."""
     q, kt, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else ""
     out = node.outputs[0]
@@ -361,14 +364,17 @@ def _attention(lw: Lowering, node: Node) -> list[Step]:
     scores = lw.fresh(f"{out}.scores", scores_type)
     first = _matmul_step(lw, node, q, kt, scores)
     registers: list[Register] = [MAIN]
+    scale_input = node.inputs[4] if len(node.inputs) > 4 else ""
     scale = node.attr("scale")
-    if scale is not None:
+    if scale_input:  # a scalar tensor (e.g. a weight) overrides the attribute
+        registers.append(scale_input)
+    elif scale is not None:
         registers.append(("literal", float(scale)))
     if mask:
         registers.append(mask)
     ops: list[tuple[Node, list[int | None]]] = []
     current = 0
-    if scale is not None:
+    if scale_input or scale is not None:
         ops.append((Node("Mul", ["", ""], ["out"], name="scale"), [current, 1]))
         current = len(registers) + len(ops) - 1
     if mask:
@@ -415,9 +421,15 @@ def _softmax(lw: Lowering, node: Node) -> Step:
     x, y = node.inputs[0], node.outputs[0]
     shape = lw.type(x).shape
     axis = normalize_axis(int(node.attr("axis", -1)), len(shape))
-    outer, n, inner = math.prod(shape[:axis]), shape[axis] if shape else 1, math.prod(shape[axis + 1 :])
+    outer, n, inner = (
+        math.prod(shape[:axis]),
+        shape[axis] if shape else 1,
+        math.prod(shape[axis + 1 :]),
+    )
     log = int(node.op_type == "LogSoftmax")
-    return _call(node, f"nk_softmax(nt, {log}, {outer}LL, {n}LL, {inner}LL, {{t0}}, {{t1}})", [x], [y])
+    return _call(
+        node, f"nk_softmax(nt, {log}, {outer}LL, {n}LL, {inner}LL, {{t0}}, {{t1}})", [x], [y]
+    )
 
 
 def _layernorm(lw: Lowering, node: Node) -> Step:
@@ -431,17 +443,17 @@ def _layernorm(lw: Lowering, node: Node) -> Step:
 
     ins = [x]
     args = ["{t0}"]
-    for name in (list(node.inputs[1:3]) + ["", ""])[:2]:
+    for name in [*node.inputs[1:3], "", ""][:2]:
         if name:
             args.append(f"{{t{len(ins)}}}")
             ins.append(name)
         else:
             args.append("NULL")
     if rms:
-        args = args[:2] + ["NULL"]
+        args = [*args[:2], "NULL"]
     outs: list[str] = []
     out_args = []
-    for name in (node.outputs + ["", "", ""])[:3]:
+    for name in [*node.outputs, "", "", ""][:3]:
         if name:
             out_args.append(f"{{t{len(ins) + len(outs)}}}")
             outs.append(name)
@@ -461,7 +473,9 @@ def _reduce(lw: Lowering, node: Node) -> Step:
     outer, r, inner = layout
     kind = REDUCE_KINDS[node.op_type]
     x, y = node.inputs[0], node.outputs[0]
-    return _call(node, f"nk_reduce(nt, {kind}, {outer}LL, {r}LL, {inner}LL, {{t0}}, {{t1}})", [x], [y])
+    return _call(
+        node, f"nk_reduce(nt, {kind}, {outer}LL, {r}LL, {inner}LL, {{t0}}, {{t1}})", [x], [y]
+    )
 
 
 # ---- data movement -------------------------------------------------------------------------------
@@ -484,7 +498,9 @@ def _copy_pieces(
             continue
         nd = len(dims)
         arr = lambda v: "{" + ", ".join(f"{x}LL" for x in v) + "}" if v else "{0}"  # noqa: E731
-        prelude.append(f"static const int64_t sh{p}[] = {arr(dims)}, ds{p}[] = {arr(ds)}, ss{p}[] = {arr(ss)};")
+        prelude.append(
+            f"static const int64_t sh{p}[] = {arr(dims)}, ds{p}[] = {arr(ds)}, ss{p}[] = {arr(ss)};"
+        )
         calls.append(
             f"nk_copy(nt, {nd}, sh{p}, ds{p}, ss{p}, {elem}LL, (char *){{t{dt}}} + {doff * elem}LL, "
             f"(const char *){{t{st}}} + {soff * elem}LL)"
@@ -593,7 +609,7 @@ def _call(
     return CallStep([node], template, ins, outs, prelude=prelude or [])
 
 
-_BUILDERS = {
+_BUILDERS: dict[str, Callable[[Lowering, Node], Step | list[Step]]] = {
     "MatMul": _matmul,
     "Gemm": _gemm,
     "Conv": _conv,

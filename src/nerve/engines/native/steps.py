@@ -89,7 +89,11 @@ class ChainStep(Step):
 
     def emit(self, em: Emitter, index: int) -> list[str]:
         fn = em.function(loop_function(self.chain, "@NAME@"))
-        args = ["nt", *(em.ptr(o.name, o.ctype) for o in self.chain.operands), em.ptr(self.chain.out)]
+        args = [
+            "nt",
+            *(em.ptr(o.name, o.ctype) for o in self.chain.operands),
+            em.ptr(self.chain.out),
+        ]
         return [f"{fn}({', '.join(args)});"]
 
 
@@ -176,7 +180,7 @@ class ConvStep(_WithEpilogue):
         return [self.out]
 
     def workspace(self) -> int:
-        n, c, h, w, o, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, g = self.desc
+        _, c, h, w, _, oh, ow, kh, kw, sh, sw, pt, pl, _, _, g = self.desc
         pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and oh == h and ow == w
         if pointwise or c == g:
             return 0

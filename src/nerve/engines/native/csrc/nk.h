@@ -5,8 +5,8 @@
  * The kernels are compiled once per toolchain into libnervek.so and cached.
  *
  * Conventions: all tensors are dense and row-major (C order); sizes are int64_t; `nt` is the
- * number of OpenMP threads the caller wants (the program's own count, never OpenMP's global);
- * BLAS always runs single-threaded inside our parallel regions (see nk_init).
+ * number of threads the caller wants (the program's own count); kernels parallelise with
+ * nk_parallel_for, and BLAS always runs single-threaded inside them (see nk_init).
  */
 #ifndef NK_H
 #define NK_H
@@ -25,6 +25,13 @@ extern "C" {
  * reads (its side inputs and the output), so one epilogue body serves many call sites. */
 typedef void (*nk_epilogue)(const void *const *args, int nt, int64_t b, int64_t m0, int64_t m1,
                             int64_t n0, int64_t n1);
+
+/* Parallel loop over [0, n) in chunks of `grain` on up to `nt` threads (the caller included).
+ * fn(ctx, begin, end) runs on each chunk; the call returns when all chunks are done, without
+ * waiting for a pool thread that never got to run (see nk_threads.c). Nested calls run
+ * inline. */
+typedef void (*nk_range_fn)(void *ctx, int64_t begin, int64_t end);
+void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx);
 
 /* Set BLAS to one thread (we parallelise ourselves; two thread pools oversubscribe). */
 void nk_init(void);
@@ -62,6 +69,10 @@ int64_t nk_conv2d_workspace(const nk_conv *d);
  * b = image, m = output channel, n = output pixel. */
 void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const float *bias,
                float *y, float *work, nk_epilogue ep, const void *const *ep_args);
+
+/* Copy an H x W plane into a PH x PW buffer at offset (pt, pl), `fill` everywhere else. */
+void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t PH,
+                  int64_t PW, float fill, float *buf);
 
 /* ---- pooling (NCHW; NC = N * C planes) ---------------------------------------------------- */
 

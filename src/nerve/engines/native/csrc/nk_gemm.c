@@ -10,10 +10,6 @@
  */
 #include "nk.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define NK_CAT2(a, b) a##b
 #define NK_CAT(a, b) NK_CAT2(a, b)
 
@@ -114,58 +110,61 @@ static void gemm_block(int64_t bi, const int64_t *aoff, const int64_t *boff, int
                 Y + bi * M * N + m0 * N + n0, N);
 }
 
-/* Split [0, total) into `parts` near-equal chunks aligned to `align`; chunk `t`. */
-static void split(int64_t total, int64_t parts, int64_t t, int64_t align, int64_t *lo,
-                  int64_t *hi) {
-    int64_t units = (total + align - 1) / align;
-    int64_t base = units / parts, extra = units % parts;
-    int64_t u0 = t * base + (t < extra ? t : extra);
-    int64_t u1 = u0 + base + (t < extra ? 1 : 0);
-    *lo = u0 * align < total ? u0 * align : total;
-    *hi = u1 * align < total ? u1 * align : total;
+#ifndef NK_SLABS_PER_THREAD
+#define NK_SLABS_PER_THREAD 1
+#endif
+
+typedef struct {
+    const int64_t *aoff, *boff;
+    int ta, tb, split_n;
+    int64_t M, N, K, slabs, slab;
+    float alpha;
+    const float *A, *B;
+    float *Y;
+    nk_epilogue ep;
+    const void *const *ep_args;
+} matmul_job;
+
+/* Units are (batch entry, slab): a slab is a range of columns (split_n) or of rows. */
+static void matmul_task(void *ctx, int64_t u0, int64_t u1) {
+    const matmul_job *j = (const matmul_job *)ctx;
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t bi = u / j->slabs, s = u % j->slabs;
+        int64_t size = j->split_n ? j->N : j->M;
+        int64_t lo = s * j->slab, hi = lo + j->slab < size ? lo + j->slab : size;
+        if (lo >= hi) continue;
+        if (j->split_n) {
+            gemm_block(bi, j->aoff, j->boff, j->ta, j->tb, j->M, j->N, j->K, j->alpha, j->A,
+                       j->B, j->Y, 0, j->M, lo, hi);
+            if (j->ep) j->ep(j->ep_args, 1, bi, 0, j->M, lo, hi);
+        } else {
+            gemm_block(bi, j->aoff, j->boff, j->ta, j->tb, j->M, j->N, j->K, j->alpha, j->A,
+                       j->B, j->Y, lo, hi, 0, j->N);
+            if (j->ep) j->ep(j->ep_args, 1, bi, lo, hi, 0, j->N);
+        }
+    }
 }
 
 void nk_matmul(int nt, int64_t batch, const int64_t *aoff, const int64_t *boff, int ta, int tb,
                int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                float *Y, nk_epilogue ep, const void *const *ep_args) {
     double flops = 2.0 * (double)batch * (double)M * (double)N * (double)(K ? K : 1);
-    if (nt <= 1 || flops < 65536.0) {
-        for (int64_t bi = 0; bi < batch; bi++) {
-            gemm_block(bi, aoff, boff, ta, tb, M, N, K, alpha, A, B, Y, 0, M, 0, N);
-            if (ep) ep(ep_args, 1, bi, 0, M, 0, N);
-        }
+    matmul_job j = {aoff, boff, ta, tb, 1, M, N, K, 1, N, alpha, A, B, Y, ep, ep_args};
+    if (nt <= 1 || flops < 262144.0) {
+        matmul_task(&j, 0, batch);
         return;
     }
-    if (batch >= 4 * (int64_t)nt || batch % nt == 0) {
-        /* Whole matrices per thread. */
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t bi = 0; bi < batch; bi++) {
-            gemm_block(bi, aoff, boff, ta, tb, M, N, K, alpha, A, B, Y, 0, M, 0, N);
-            if (ep) ep(ep_args, 1, bi, 0, M, 0, N);
-        }
-        return;
+    if (batch < 2 * (int64_t)nt) {
+        /* Few matrices: cut each into slabs, about two per thread overall, along N when it is
+         * wide enough (columns in multiples of 16), else along M. */
+        int64_t want = ((int64_t)nt * NK_SLABS_PER_THREAD + batch - 1) / batch;
+        j.split_n = M == 1 || (N >= 64 && N >= M);
+        int64_t size = j.split_n ? N : M, align = j.split_n ? 16 : 4;
+        int64_t most = (size + align - 1) / align;
+        j.slabs = want < most ? want : most;
+        if (j.slabs < 1) j.slabs = 1;
+        j.slab = ((size + j.slabs - 1) / j.slabs + align - 1) / align * align;
+        j.slabs = (size + j.slab - 1) / j.slab;
     }
-    /* Few large matrices: each thread takes a slab of every matrix, along N when it is wide
-     * enough (keeps A's packing shared by fewer threads), else along M. */
-    int split_n = (M == 1) || (N >= 16 * (int64_t)nt && N >= M);
-#pragma omp parallel num_threads(nt)
-    {
-        int64_t t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-        for (int64_t bi = 0; bi < batch; bi++) {
-            int64_t lo, hi;
-            if (split_n) {
-                split(N, T, t, 16, &lo, &hi);
-                gemm_block(bi, aoff, boff, ta, tb, M, N, K, alpha, A, B, Y, 0, M, lo, hi);
-                if (ep && hi > lo) ep(ep_args, 1, bi, 0, M, lo, hi);
-            } else {
-                split(M, T, t, 4, &lo, &hi);
-                gemm_block(bi, aoff, boff, ta, tb, M, N, K, alpha, A, B, Y, lo, hi, 0, N);
-                if (ep && hi > lo) ep(ep_args, 1, bi, lo, hi, 0, N);
-            }
-        }
-    }
+    nk_parallel_for(nt, batch * j.slabs, 1, matmul_task, &j);
 }

@@ -6,20 +6,12 @@
 #include "nk_math.h"
 
 static void softmax_row(int log_out, int64_t n, const float *x, float *y) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) mx = nk_maxf(mx, x[j]);
-    float sum = 0.0f;
+    float mx = nk_max(x, n);
     if (log_out) {
-        for (int64_t j = 0; j < n; j++) sum += nk_expf(x[j] - mx);
-        float lse = mx + logf(sum);
+        float lse = mx + logf(nk_sum_exp(x, n, mx));
         for (int64_t j = 0; j < n; j++) y[j] = x[j] - lse;
     } else {
-        for (int64_t j = 0; j < n; j++) {
-            float e = nk_expf(x[j] - mx);
-            y[j] = e;
-            sum += e;
-        }
-        float inv = 1.0f / sum;
+        float inv = 1.0f / nk_exp_sum(x, y, n, mx);
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }
 }
@@ -46,34 +38,42 @@ static void softmax_strided(int log_out, int64_t n, int64_t inner, const float *
     }
 }
 
+typedef struct {
+    int log_out, rms;
+    int64_t n, inner;
+    float eps;
+    const float *x, *scale, *bias;
+    float *y, *mean, *inv;
+} norm_job;
+
+static void softmax_task(void *ctx, int64_t o0, int64_t o1) {
+    const norm_job *j = (const norm_job *)ctx;
+    const int64_t size = j->n * j->inner;
+    for (int64_t o = o0; o < o1; o++) {
+        if (j->inner == 1)
+            softmax_row(j->log_out, j->n, j->x + o * size, j->y + o * size);
+        else
+            softmax_strided(j->log_out, j->n, j->inner, j->x + o * size, j->y + o * size);
+    }
+}
+
+/* Chunks of about 16K elements, so threads only join work worth waking them for. */
+static int64_t grain_for(int64_t rows, int64_t row_size) {
+    int64_t g = 16384 / (row_size > 0 ? row_size : 1);
+    return g < 1 ? 1 : (g > rows ? rows : g);
+}
+
 void nk_softmax(int nt, int log_out, int64_t outer, int64_t n, int64_t inner, const float *x,
                 float *y) {
     if (n == 0) return;
-    if (inner == 1) {
-        int par = nt > 1 && outer > 1 && outer * n > 16384;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t o = 0; o < outer; o++) softmax_row(log_out, n, x + o * n, y + o * n);
-    } else {
-        int par = nt > 1 && outer > 1 && outer * n * inner > 16384;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-        for (int64_t o = 0; o < outer; o++)
-            softmax_strided(log_out, n, inner, x + o * n * inner, y + o * n * inner);
-    }
+    norm_job j = {log_out, 0, n, inner, 0.0f, x, NULL, NULL, y, NULL, NULL};
+    nk_parallel_for(nt, outer, grain_for(outer, n * inner), softmax_task, &j);
 }
 
 static void layernorm_row(int rms, int64_t n, float eps, const float *x, const float *scale,
                           const float *bias, float *y, float *mean_out, float *inv_out) {
-    float mean = 0.0f;
-    if (!rms) {
-        float s = 0.0f;
-        for (int64_t j = 0; j < n; j++) s += x[j];
-        mean = s / (float)n;
-    }
-    float ss = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        float d = x[j] - mean;
-        ss += d * d;
-    }
+    float mean = rms ? 0.0f : nk_sum(x, n) / (float)n;
+    float ss = nk_sum_sq_dev(x, n, mean);
     float inv = 1.0f / sqrtf(ss / (float)n + eps);
     if (mean_out) *mean_out = mean;
     if (inv_out) *inv_out = inv;
@@ -86,12 +86,16 @@ static void layernorm_row(int rms, int64_t n, float eps, const float *x, const f
     }
 }
 
+static void layernorm_task(void *ctx, int64_t r0, int64_t r1) {
+    const norm_job *j = (const norm_job *)ctx;
+    for (int64_t r = r0; r < r1; r++)
+        layernorm_row(j->rms, j->n, j->eps, j->x + r * j->n, j->scale, j->bias, j->y + r * j->n,
+                      j->mean ? j->mean + r : NULL, j->inv ? j->inv + r : NULL);
+}
+
 void nk_layernorm(int nt, int rms, int64_t rows, int64_t n, float eps, const float *x,
                   const float *scale, const float *bias, float *y, float *mean_out,
                   float *inv_out) {
-    int par = nt > 1 && rows > 1 && rows * n > 16384;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t r = 0; r < rows; r++)
-        layernorm_row(rms, n, eps, x + r * n, scale, bias, y + r * n,
-                      mean_out ? mean_out + r : NULL, inv_out ? inv_out + r : NULL);
+    norm_job j = {0, rms, n, 1, eps, x, scale, bias, y, mean_out, inv_out};
+    nk_parallel_for(nt, rows, grain_for(rows, n), layernorm_task, &j);
 }

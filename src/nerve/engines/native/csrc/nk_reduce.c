@@ -59,6 +59,14 @@ static void reduce_block(int kind, int64_t r, int64_t inner, const float *x, flo
         return;
     }
     float init = init_of(kind);
+    if (inner == 1 && (kind == NK_RED_SUM || kind == NK_RED_MEAN)) {
+        y[0] = finish(kind, nk_sum(x, r), r);
+        return;
+    }
+    if (inner == 1 && kind == NK_RED_MAX) {
+        y[0] = nk_max(x, r);
+        return;
+    }
     if (inner == 1) {
         float acc = init;
         for (int64_t k = 0; k < r; k++) acc = step(kind, acc, x[k]);
@@ -73,9 +81,23 @@ static void reduce_block(int kind, int64_t r, int64_t inner, const float *x, flo
     for (int64_t i = 0; i < inner; i++) y[i] = finish(kind, y[i], r);
 }
 
+typedef struct {
+    int kind;
+    int64_t r, inner;
+    const float *x;
+    float *y;
+} reduce_job;
+
+static void reduce_task(void *ctx, int64_t o0, int64_t o1) {
+    const reduce_job *j = (const reduce_job *)ctx;
+    for (int64_t o = o0; o < o1; o++)
+        reduce_block(j->kind, j->r, j->inner, j->x + o * j->r * j->inner, j->y + o * j->inner);
+}
+
 void nk_reduce(int nt, int kind, int64_t outer, int64_t r, int64_t inner, const float *x,
                float *y) {
-    int par = nt > 1 && outer > 1 && outer * r * inner > 32768;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t o = 0; o < outer; o++) reduce_block(kind, r, inner, x + o * r * inner, y + o * inner);
+    reduce_job j = {kind, r, inner, x, y};
+    int64_t size = r * inner > 0 ? r * inner : 1;
+    int64_t grain = 32768 / size;
+    nk_parallel_for(nt, outer, grain < 1 ? 1 : grain, reduce_task, &j);
 }

@@ -56,6 +56,36 @@ static void copy_tile2d(int64_t n0, int64_t n1, int64_t ds0, int64_t ds1, int64_
     }
 }
 
+typedef struct {
+    int ndim, inner_dims;
+    const int64_t *shape, *dst_strides, *src_strides;
+    int64_t elem;
+    char *dst;
+    const char *src;
+} copy_job;
+
+static void copy_task(void *ctx, int64_t o0, int64_t o1) {
+    const copy_job *j = (const copy_job *)ctx;
+    const int nd = j->ndim;
+    for (int64_t o = o0; o < o1; o++) {
+        int64_t rem = o, doff = 0, soff = 0;
+        for (int d = nd - j->inner_dims - 1; d >= 0; d--) {
+            int64_t i = rem % j->shape[d];
+            rem /= j->shape[d];
+            doff += i * j->dst_strides[d];
+            soff += i * j->src_strides[d];
+        }
+        if (j->inner_dims == 2) {
+            copy_tile2d(j->shape[nd - 2], j->shape[nd - 1], j->dst_strides[nd - 2],
+                        j->dst_strides[nd - 1], j->src_strides[nd - 2], j->src_strides[nd - 1],
+                        j->elem, j->dst + doff * j->elem, j->src + soff * j->elem);
+        } else {
+            copy_row(j->shape[nd - 1], j->dst_strides[nd - 1], j->src_strides[nd - 1], j->elem,
+                     j->dst + doff * j->elem, j->src + soff * j->elem);
+        }
+    }
+}
+
 void nk_copy(int nt, int ndim, const int64_t *shape, const int64_t *dst_strides,
              const int64_t *src_strides, int64_t elem, char *dst, const char *src) {
     if (ndim == 0) {
@@ -70,25 +100,28 @@ void nk_copy(int nt, int ndim, const int64_t *shape, const int64_t *dst_strides,
     int inner_dims = tiled ? 2 : 1;
     int64_t outer = 1;
     for (int d = 0; d < ndim - inner_dims; d++) outer *= shape[d];
-    int64_t total = outer * shape[ndim - 1] * (tiled ? shape[ndim - 2] : 1);
-    int par = nt > 1 && outer > 1 && total * elem > 262144;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t o = 0; o < outer; o++) {
-        int64_t rem = o, doff = 0, soff = 0;
-        for (int d = ndim - inner_dims - 1; d >= 0; d--) {
-            int64_t i = rem % shape[d];
-            rem /= shape[d];
-            doff += i * dst_strides[d];
-            soff += i * src_strides[d];
-        }
-        if (tiled) {
-            copy_tile2d(shape[ndim - 2], shape[ndim - 1], dst_strides[ndim - 2],
-                        dst_strides[ndim - 1], src_strides[ndim - 2], src_strides[ndim - 1], elem,
-                        dst + doff * elem, src + soff * elem);
-        } else {
-            copy_row(shape[ndim - 1], dst_strides[ndim - 1], src_strides[ndim - 1], elem,
-                     dst + doff * elem, src + soff * elem);
-        }
+    copy_job j = {ndim, inner_dims, shape, dst_strides, src_strides, elem, dst, src};
+    int64_t row_bytes = shape[ndim - 1] * (tiled ? shape[ndim - 2] : 1) * elem;
+    int64_t grain = 262144 / (row_bytes > 0 ? row_bytes : 1);
+    nk_parallel_for(nt, outer, grain < 1 ? 1 : grain, copy_task, &j);
+}
+
+typedef struct {
+    int64_t nidx, axis_len, inner_bytes;
+    const void *idx;
+    int idx_is_64;
+    const char *data;
+    char *out;
+} gather_job;
+
+static void gather_task(void *ctx, int64_t t0, int64_t t1) {
+    const gather_job *j = (const gather_job *)ctx;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t o = t / j->nidx, i = t % j->nidx;
+        int64_t k = j->idx_is_64 ? ((const int64_t *)j->idx)[i] : ((const int32_t *)j->idx)[i];
+        if (k < 0) k += j->axis_len;
+        memcpy(j->out + t * j->inner_bytes, j->data + (o * j->axis_len + k) * j->inner_bytes,
+               (size_t)j->inner_bytes);
     }
 }
 
@@ -99,14 +132,8 @@ int64_t nk_gather(int nt, int64_t outer, int64_t axis_len, int64_t inner_bytes, 
         int64_t k = idx_is_64 ? ((const int64_t *)idx)[j] : ((const int32_t *)idx)[j];
         if (k < -axis_len || k >= axis_len) return j + 1;
     }
-    int par = nt > 1 && outer * nidx > 1 && outer * nidx * inner_bytes > 262144;
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t t = 0; t < outer * nidx; t++) {
-        int64_t o = t / nidx, j = t % nidx;
-        int64_t k = idx_is_64 ? ((const int64_t *)idx)[j] : ((const int32_t *)idx)[j];
-        if (k < 0) k += axis_len;
-        memcpy(out + t * inner_bytes, data + (o * axis_len + k) * inner_bytes,
-               (size_t)inner_bytes);
-    }
+    gather_job j = {nidx, axis_len, inner_bytes, idx, idx_is_64, data, out};
+    int64_t grain = 262144 / (inner_bytes > 0 ? inner_bytes : 1);
+    nk_parallel_for(nt, outer * nidx, grain < 1 ? 1 : grain, gather_task, &j);
     return 0;
 }

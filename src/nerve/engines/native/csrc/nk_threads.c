@@ -1,0 +1,154 @@
+/* nerve's own thread pool: parallel loops that never wait for a thread that has not started.
+ *
+ * Why not OpenMP: at the end of an OpenMP parallel region every thread of the team must reach
+ * the barrier. On a small shared machine a worker is often descheduled by another process, and
+ * the caller then waits for a whole scheduler time slice (milliseconds) for it, even when the
+ * caller has done all the work itself. Here the caller and the workers take chunks of the loop
+ * from one atomic counter; the caller returns as soon as every chunk is done, so a worker that
+ * never woke up costs nothing (a worker preempted *inside* a chunk still has to finish it,
+ * which keeps chunks small).
+ *
+ * Jobs use two alternating slots so that a late worker that saw job g can only ever read job
+ * g's fields (it re-checks the generation after announcing itself), never the next job's while
+ * the caller writes them. Workers spin for a while after a job (consecutive kernels keep them
+ * hot), then sleep on a condition variable.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "nk.h"
+
+#define NK_MAX_WORKERS 63
+#define NK_SPIN 20000
+
+#if defined(__x86_64__) || defined(__i386__)
+#define NK_PAUSE() __builtin_ia32_pause()
+#else
+#define NK_PAUSE() ((void)0)
+#endif
+
+typedef struct job {
+    nk_range_fn fn;
+    void *ctx;
+    int64_t n, grain, chunks;
+    int want;                 /* workers that may join (nt - 1) */
+    atomic_llong next;        /* next chunk to take */
+    atomic_llong done;        /* chunks finished */
+    atomic_int joined;        /* workers that joined */
+    atomic_int active;        /* workers that may still read this slot */
+} job;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_mutex_t call;     /* one job at a time (several programs may run concurrently) */
+    atomic_ullong gen;        /* generation of the latest job; its slot is gen % 2 */
+    atomic_int sleepers;
+    int workers;              /* worker threads started */
+    job slots[2];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+
+static _Thread_local int in_task;  /* nested parallel loops run inline */
+
+static void run_chunks(job *j) {
+    for (;;) {
+        long long c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->chunks) return;
+        int64_t begin = c * j->grain;
+        int64_t end = begin + j->grain < j->n ? begin + j->grain : j->n;
+        j->fn(j->ctx, begin, end);
+        atomic_fetch_add_explicit(&j->done, 1, memory_order_release);
+    }
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    in_task = 1;
+    unsigned long long seen = atomic_load_explicit(&pool.gen, memory_order_acquire);
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.gen, memory_order_acquire) == seen) {
+            if (++spins < NK_SPIN) {
+                NK_PAUSE();
+                continue;
+            }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.gen) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = atomic_load_explicit(&pool.gen, memory_order_acquire);
+        job *j = &pool.slots[seen % 2];
+        atomic_fetch_add(&j->active, 1);
+        /* Only job `seen` may be read: if a newer one was published meanwhile, skip ahead. */
+        if (atomic_load(&pool.gen) == seen && atomic_fetch_add(&j->joined, 1) < j->want)
+            run_chunks(j);
+        atomic_fetch_sub(&j->active, 1);
+    }
+    return NULL;
+}
+
+static void after_fork_in_child(void) {
+    /* The workers did not survive the fork: start afresh. */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.call, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    atomic_store(&pool.sleepers, 0);
+    pool.workers = 0;
+    for (int s = 0; s < 2; s++) atomic_store(&pool.slots[s].active, 0);
+}
+
+static void start_workers(int count) {
+    static int registered = 0;
+    if (!registered) {
+        pthread_atfork(NULL, NULL, after_fork_in_child);
+        registered = 1;
+    }
+    while (pool.workers < count && pool.workers < NK_MAX_WORKERS) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 8u << 20);  /* kernels keep padded planes on the stack */
+        int failed = pthread_create(&t, &attr, worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool.workers++;
+    }
+}
+
+void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    if (nt <= 1 || n <= grain || in_task) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pthread_mutex_lock(&pool.call);
+    start_workers(nt - 1);
+    unsigned long long g = atomic_load(&pool.gen) + 1;
+    job *j = &pool.slots[g % 2];
+    /* Workers of the job before the previous one may still hold this slot for an instant. */
+    while (atomic_load(&j->active) != 0) NK_PAUSE();
+    j->fn = fn;
+    j->ctx = ctx;
+    j->n = n;
+    j->grain = grain;
+    j->chunks = (n + grain - 1) / grain;
+    j->want = nt - 1;
+    atomic_store(&j->next, 0);
+    atomic_store(&j->done, 0);
+    atomic_store(&j->joined, 0);
+    atomic_store_explicit(&pool.gen, g, memory_order_release);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    in_task = 1;
+    run_chunks(j);
+    in_task = 0;
+    while (atomic_load_explicit(&j->done, memory_order_acquire) < j->chunks) NK_PAUSE();
+    pthread_mutex_unlock(&pool.call);
+}

@@ -1,0 +1,173 @@
+"""The native engine's machinery: toolchain, cache, errors, threads, run-time checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import nerve
+from nerve.engines import native
+from nerve.engines.native import NativeEngine, cache, segment_plan, thread_count
+from nerve.engines.native.executable import NativePart
+from nerve.engines.native.toolchain import arch_candidates, find_toolchain
+from nerve.errors import CompileError, KernelError
+from nerve.runtime.compile import load_graph
+
+from .models import make, node, rand
+
+
+def _relu_softmax(rows: int = 3):  # type: ignore[no-untyped-def]
+    feeds = {"x": rand(np.random.default_rng(rows), rows, 5)}
+    return make([node("Relu", ["x"], "r"), node("Softmax", ["r"])], feeds, ["y"]), feeds
+
+
+def _native_build(model):  # type: ignore[no-untyped-def]
+    graph = load_graph(model)
+    segment, plan = segment_plan(graph)
+    exe = NativeEngine().build(segment, plan)
+    assert isinstance(exe, NativePart)
+    return graph, exe
+
+
+def test_toolchain_flags_follow_cpu_features() -> None:
+    v4 = frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
+    assert "-march=x86-64-v4" in arch_candidates(v4)[0] or arch_candidates(v4) == [[]]
+    assert all("avx512" not in " ".join(c) for c in arch_candidates(frozenset({"sse2"})))
+    tc = find_toolchain()
+    assert tc is not None
+    assert tc.identity and "-fPIC" in tc.cflags()
+
+
+def test_second_build_hits_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, feeds = _relu_softmax(4)
+    _, first = _native_build(model)
+
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the compiler ran although the segment is cached")
+
+    monkeypatch.setattr(cache, "run_compiler", no_compiler)
+    _, second = _native_build(model)
+    assert second.library == first.library
+    env = {**feeds}
+    second.run(env)
+    assert env["y"].shape == (4, 5)
+
+
+def test_corrupt_library_is_rebuilt_not_loaded() -> None:
+    model, feeds = _relu_softmax(6)
+    _, exe = _native_build(model)
+    assert exe.library is not None
+    library = exe.library
+    # A new file (not rewritten in place: this process has the old one mapped).
+    corrupt = library.with_suffix(".corrupt")
+    corrupt.write_bytes(b"garbage" + library.read_bytes()[7:])
+    corrupt.replace(library)
+    cache._verified.clear()
+    _, again = _native_build(model)
+    assert again.library is not None
+    meta = json.loads((again.library.parent / "meta.json").read_text())
+    assert cache._sha256(again.library) == meta["sha256"]
+    env = {**feeds}
+    again.run(env)
+    np.testing.assert_allclose(env["y"].sum(axis=-1), 1.0, rtol=1e-6)
+
+
+def test_compile_errors_name_the_kept_source() -> None:
+    tc = find_toolchain()
+    assert tc is not None
+    kernels = cache.kernel_library(tc)
+    bad = cache.Unit("f" * 64, "nerve_seg_broken", "int64_t nerve_seg_broken(void) { oops }\n")
+    with pytest.raises(CompileError, match=r"segments\.c") as info:
+        cache.build_units(tc, kernels, [bad])
+    kept = str(info.value).split("generated file ", 1)[1].split(" ", 1)[0]
+    with open(kept) as source:
+        assert "oops" in source.read()
+
+
+def test_gather_index_out_of_range_names_the_node() -> None:
+    feeds = {"x": rand(np.random.default_rng(0), 4, 3), "i": np.array([1, 4], np.int64)}
+    model = make([node("Gather", ["x", "i"], "y", name="lookup")], feeds, ["y"])
+    program = nerve.compile(model, target="cpu")
+    ok = program.run({"x": feeds["x"], "i": np.array([3, -4], np.int64)})["y"]
+    np.testing.assert_array_equal(ok, feeds["x"][[3, 0]])
+    with pytest.raises(KernelError, match=r"'lookup'.*out of range"):
+        program.run(feeds)
+
+
+def test_threads_option_and_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = _relu_softmax(2)
+    graph = load_graph(model)
+    _, plan = segment_plan(graph, threads=3)
+    assert thread_count(plan) == 3
+    monkeypatch.setenv("NERVE_THREADS", "1")
+    assert thread_count(segment_plan(graph)[1]) == 1
+    monkeypatch.setenv("NERVE_THREADS", "0")
+    assert thread_count(segment_plan(graph)[1]) >= 1
+
+
+def test_one_and_two_threads_agree() -> None:
+    rng = np.random.default_rng(3)
+    feeds = {"x": rand(rng, 1, 16, 20, 20)}
+    weights = {"w": rand(rng, 32, 16, 3, 3, scale=0.2), "m": rand(rng, 400, 300)}
+    shape = {"s": np.array([1, 32 * 400], np.int64)}
+    nodes = [
+        node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]),
+        node("Relu", ["c"], "r"),
+        node("Reshape", ["r", "s"], "flat"),
+        node("Reshape", ["flat", "s2"], "rows"),
+        node("MatMul", ["rows", "m"], "y"),
+    ]
+    weights["s2"] = np.array([32, 400], np.int64)
+    model = make(nodes, feeds, ["y"], {**weights, **shape})
+    with native.batch():
+        one = nerve.compile(model, target="cpu", threads=1)
+        two = nerve.compile(model, target="cpu", threads=2)
+    np.testing.assert_allclose(one.run(feeds)["y"], two.run(feeds)["y"], rtol=1e-5, atol=1e-4)
+
+
+def test_weights_can_be_rebound_between_runs() -> None:
+    rng = np.random.default_rng(5)
+    feeds = {"x": rand(rng, 2, 4)}
+    w = rand(rng, 4, 3)
+    model = make([node("MatMul", ["x", "w"])], feeds, ["y"], {"w": w})
+    graph, exe = _native_build(model)
+    name = next(iter(graph.weights))
+    env = {**graph.weights, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], feeds["x"] @ w, rtol=1e-6)
+    new = w * -2
+    env = {name: new, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], feeds["x"] @ new, rtol=1e-6)
+
+
+def test_reference_gemm_without_openblas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the OpenBLAS wheel the kernels use their own GEMM (slow but correct)."""
+    import dataclasses
+
+    tc = find_toolchain()
+    assert tc is not None
+    plain = dataclasses.replace(tc, blas=None)
+    monkeypatch.setattr(native, "find_toolchain", lambda: plain)
+    rng = np.random.default_rng(11)
+    feeds = {"a": rand(rng, 3, 7, 5), "v": rand(rng, 1, 5)}
+    weights = {"w": rand(rng, 5, 6), "cw": rand(rng, 4, 3, 3, 3)}
+    x = {"x": rand(rng, 1, 3, 6, 6)}
+    nodes = [
+        node("MatMul", ["a", "w"], "y1"),
+        node("MatMul", ["v", "w"], "y2"),
+        node("Conv", ["x", "cw"], "y3", pads=[1, 1, 1, 1]),
+    ]
+    model = make(nodes, {**feeds, **x}, ["y1", "y2", "y3"], weights)
+    graph = load_graph(model)
+    segment, plan = segment_plan(graph)
+    exe = NativeEngine().build(segment, plan)
+    assert isinstance(exe, NativePart)
+    assert cache.kernel_library(plain).handle.nk_has_blas() == 0
+    env = {**graph.weights, **feeds, **x}
+    exe.run(env)
+    want = nerve.compile(model, target="host").run({**feeds, **x})
+    for key in ("y1", "y2", "y3"):
+        np.testing.assert_allclose(env[key], want[key], rtol=1e-5, atol=1e-5)
