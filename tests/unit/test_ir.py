@@ -180,3 +180,17 @@ def test_printer_lists_params_constants_and_nodes() -> None:
     assert "param w: float32[3,4]" in text
     assert "const axes" in text
     assert "MatMul(x, w)" in text and "ReduceSum(h, axes)" in text
+
+
+def test_constant_graph_outputs_are_part_of_the_key() -> None:
+    # A fully folded graph's output is a constant: two such graphs with different values
+    # must never share a key (and so a cached program).
+    def folded(values: list[int]) -> Graph:
+        g = Graph("folded")
+        g.add_input("x", TensorType(F32, (3, 4, 5)))
+        g.add_constant("y", np.array(values, np.int64))
+        g.set_outputs(["y"])
+        return g
+
+    assert structural_key(folded([4, 5])) != structural_key(folded([3, 4]))
+    assert structural_key(folded([4, 5])) == structural_key(folded([4, 5]))

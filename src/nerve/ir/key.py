@@ -73,21 +73,27 @@ def structural_description(graph: Graph) -> dict[str, Any]:
         "nodes": [],
         "outputs": [[v.name, str(v.type)] for v in graph.outputs],
     }
+    def add_constant(name: str) -> None:
+        if name in graph.constants and name_of(name) not in desc["constants"]:
+            c = graph.constants[name]
+            desc["constants"][name_of(name)] = [
+                str(c.dtype), list(c.shape),
+                hashlib.sha256(np.ascontiguousarray(c).tobytes()).hexdigest()
+                if c.dtype != object else repr(c.tolist()),
+            ]
+
     for node in graph.nodes:
         for inp in node.inputs:
-            if inp in graph.constants and name_of(inp) not in desc["constants"]:
-                c = graph.constants[inp]
-                desc["constants"][name_of(inp)] = [
-                    str(c.dtype), list(c.shape),
-                    hashlib.sha256(np.ascontiguousarray(c).tobytes()).hexdigest()
-                    if c.dtype != object else repr(c.tolist()),
-                ]
+            add_constant(inp)
         desc["nodes"].append([
             node.domain, node.op_type,
             [name_of(i) for i in node.inputs],
             [[name_of(o), type_of(o)] if o else "" for o in node.outputs],
             {k: _attr_token(v) for k, v in sorted(node.attrs.items())},
         ])
+    # A graph output may itself be a constant (a fully folded graph): its value is structure.
+    for v in graph.outputs:
+        add_constant(v.name)
     return desc
 
 
