@@ -226,6 +226,49 @@ def conv_bn_residual(rng: np.random.Generator) -> Case:
     return Case("conv_bn_residual", make(nodes, f, ["y"], w), f, rtol=1e-4, atol=1e-4)
 
 
+# The packed-panel kernel (nk_packed.c): 8-row weight panels, 48-pixel tiles, K blocks of
+# up to 256. These cases hit the tails of each: rows (O % 8), pixels (P % 48 and P < 16),
+# several K blocks with a fused epilogue, channel chunks sharing one packed input
+# (few pixels, many channels, 2 threads), groups whose last panel is padded, and batches.
+
+
+@case
+def packed_tails_multi_kblock(rng: np.random.Generator) -> Case:
+    # O = 13 (one full panel + 5 rows), P = 10 * 11 = 110 (2 full tiles + 14), K = 30 * 9 = 270.
+    return _conv_case("packed_tails_multi_kblock", rng, (1, 30, 10, 11), (13, 30, 3, 3),
+                      [node("Relu", ["c"])], pads=[1, 1, 1, 1])  # fmt: skip
+
+
+@case
+def packed_shared_input_threads(rng: np.random.Generator) -> Case:
+    # P = 3 * 3 = 9 pixels, O = 70: channel chunks over one shared packed input.
+    return _conv_case("packed_shared_input_threads", rng, (2, 40, 5, 5), (70, 40, 3, 3),
+                      [node("Sigmoid", ["c"])], strides=[2, 2], pads=[1, 1, 1, 1],
+                      options={"threads": 2})  # fmt: skip
+
+
+@case
+def packed_groups_padded_panels(rng: np.random.Generator) -> Case:
+    # 3 groups of 5 output channels (each group's panel padded from 5 to 8 rows), dilation 2.
+    return _conv_case("packed_groups_padded_panels", rng, (2, 6, 13, 9), (15, 2, 3, 3),
+                      group=3, dilations=[2, 2], pads=[2, 1, 2, 1],
+                      options={"threads": 2})  # fmt: skip
+
+
+@case
+def packed_stride3_asymmetric(rng: np.random.Generator) -> Case:
+    # Stride 3, a 5x2 kernel, asymmetric padding, pixels far from a tile multiple.
+    return _conv_case("packed_stride3_asymmetric", rng, (1, 5, 23, 31), (9, 5, 5, 2),
+                      strides=[3, 3], pads=[2, 0, 1, 1], bias=False)  # fmt: skip
+
+
+@case
+def packed_pointwise_wide(rng: np.random.Generator) -> Case:
+    # 1x1 over 60 x 50 pixels (63 tiles: several pixel chunks on 2 threads), K = 300.
+    return _conv_case("packed_pointwise_wide", rng, (1, 300, 60, 50), (17, 300, 1, 1),
+                      options={"threads": 2})  # fmt: skip
+
+
 # ---- pooling, normalisation, reductions -------------------------------------------------------
 
 

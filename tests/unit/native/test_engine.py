@@ -171,3 +171,58 @@ def test_reference_gemm_without_openblas(monkeypatch: pytest.MonkeyPatch) -> Non
     want = nerve.compile(model, target="host").run({**feeds, **x})
     for key in ("y1", "y2", "y3"):
         np.testing.assert_allclose(env[key], want[key], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_conv_weights_are_repacked_when_rebound() -> None:
+    """A conv reads its weights packed into panels; a new weight array is packed again."""
+    rng = np.random.default_rng(6)
+    feeds = {"x": rand(rng, 1, 3, 7, 9)}
+    w = rand(rng, 11, 3, 3, 3)
+    model = make([node("Conv", ["x", "w"], pads=[1, 1, 1, 1])], feeds, ["y"], {"w": w})
+    graph, exe = _native_build(model)
+    assert exe.code.packed, "the conv did not take the packed-weight path"
+    name = next(iter(graph.weights))
+    host = nerve.compile(model, target="host")
+    env = {**graph.weights, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], host.run(feeds)["y"], rtol=1e-5, atol=1e-5)
+    new = w * -2
+    env = {name: new, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], -2 * host.run(feeds)["y"], rtol=1e-5, atol=1e-4)
+
+
+def test_pack_conv_layout() -> None:
+    from nerve.engines.native.packing import MR, conv_packed_size, pack_conv
+
+    w = np.arange(2 * 10 * 2 * 1 * 1, dtype=np.float32).reshape(20, 2, 1, 1)
+    packed = pack_conv(w, groups=2)  # 10 rows per group: panels of 8 + 2 (padded)
+    assert packed.size == conv_packed_size(w.shape, 2) == 2 * 2 * MR * 2
+    panels = packed.reshape(2, 2, 2, MR)  # [group][panel][k][row]
+    np.testing.assert_array_equal(panels[1, 0, :, 3], w[10 + 3].reshape(-1))
+    np.testing.assert_array_equal(panels[0, 1, :, :2].T, w[8:10].reshape(2, 2))
+    assert not panels[0, 1, :, 2:].any()
+
+
+def test_portable_packed_kernel_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built without AVX-512 flags, the packed layouts run through the portable loop."""
+    import dataclasses
+
+    tc = find_toolchain()
+    assert tc is not None
+    plain = dataclasses.replace(tc, arch_flags=())
+    monkeypatch.setattr(native, "find_toolchain", lambda: plain)
+    rng = np.random.default_rng(12)
+    x = {"x": rand(rng, 2, 6, 9, 7)}
+    weights = {"w": rand(rng, 10, 3, 3, 3), "b": rand(rng, 10)}
+    nodes = [node("Conv", ["x", "w", "b"], "c", pads=[1, 0, 1, 2], group=2), node("Relu", ["c"])]
+    model = make(nodes, x, ["y"], weights)
+    graph = load_graph(model)
+    segment, plan = segment_plan(graph)
+    exe = NativeEngine().build(segment, plan)
+    assert isinstance(exe, NativePart)
+    assert cache.kernel_library(plain).handle.nk_packed_isa() == 0
+    env = {**graph.weights, **x}
+    exe.run(env)
+    want = nerve.compile(model, target="host").run(x)
+    np.testing.assert_allclose(env["y"], want["y"], rtol=1e-5, atol=1e-5)

@@ -9,10 +9,11 @@ hash, so many segments can share one library.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nerve.engines.native.buffers import BufferPlan, plan_buffers, root_of
 from nerve.engines.native.lower import Lowering
+from nerve.engines.native.packing import PackSpec
 from nerve.engines.native.steps import PREFIX, Emitter, Step, describe
 from nerve.engines.native.toolchain import source_hash
 from nerve.ir import Graph, Node
@@ -29,6 +30,7 @@ class SegmentCode:
     steps: list[Step]
     outputs: list[str]  # tensors the segment hands back through the environment
     views: dict[str, str]  # output tensor -> the tensor whose memory it reinterprets
+    packed: dict[str, PackSpec] = field(default_factory=dict)  # packed weight slots
 
 
 def generate(
@@ -45,7 +47,7 @@ def generate(
     steps = lowering.steps
     buffers = plan_buffers(
         lowering.types,
-        set(graph.params) | set(graph.weights),
+        set(graph.params) | set(graph.weights) | set(lowering.packed),
         set(graph.constants),
         [s.reads() for s in steps],
         [s.writes() for s in steps],
@@ -73,4 +75,4 @@ def generate(
         for name in wanted
         if name in lowering.alias and name in produced
     }
-    return SegmentCode(key, symbol, code, buffers, steps, wanted, views)
+    return SegmentCode(key, symbol, code, buffers, steps, wanted, views, dict(lowering.packed))

@@ -18,6 +18,7 @@ from nerve.engines.base import Env, Executable
 from nerve.engines.native import cache
 from nerve.engines.native.buffers import ALIGN
 from nerve.engines.native.codegen import SegmentCode
+from nerve.engines.native.packing import PackSpec
 from nerve.errors import KernelError
 from nerve.ir import Graph
 
@@ -39,18 +40,21 @@ class NativePart:
         self._outputs: list[tuple[int, str, tuple[int, ...], np.dtype]] = []
         # Arrays the table points into, by slot (kept alive here).
         self._bound: dict[int, np.ndarray] = {}
-        # Weight slots: (slot, name, dtype, the array the env held when last bound).
-        self._params: list[tuple[int, str, np.dtype]] = []
-        self._seen: dict[int, object] = {}
+        # Weight slots: (slot, the weight's name in the environment, dtype, its packing or
+        # None). A packed slot is derived from its source weight whenever that is (re)bound.
+        self._params: list[tuple[int, str, np.dtype, PackSpec | None]] = []
+        self._seen: dict[int, object] = {}  # slot -> the array the env held when last bound
         for buf in buffers.slots:
             if buf.kind == "input":
                 self._inputs.append((buf.slot, buf.root, buf.dtype))
             elif buf.kind == "output":
                 self._outputs.append((buf.slot, buf.root, buf.shape, buf.dtype))
             elif buf.kind == "param":
-                self._params.append((buf.slot, buf.root, buf.dtype))
-                if buf.root in graph.weights:
-                    self._bind(buf.slot, graph.weights[buf.root], buf.dtype)
+                spec = code.packed.get(buf.root)
+                source = spec.source if spec is not None else buf.root
+                self._params.append((buf.slot, source, buf.dtype, spec))
+                if source in graph.weights:
+                    self._bind(buf.slot, graph.weights[source], buf.dtype, spec)
             else:
                 self._bind(buf.slot, graph.constants[buf.root], buf.dtype)
         self._scratch = np.empty(buffers.scratch_bytes + ALIGN, np.uint8)
@@ -62,8 +66,12 @@ class NativePart:
         self._views = [(n, src, graph.types[n].shape) for n, src in code.views.items()]
         self._direct = [name for name in code.outputs if name in produced]
 
-    def _bind(self, slot: int, array: np.ndarray, dtype: np.dtype) -> None:
+    def _bind(
+        self, slot: int, array: np.ndarray, dtype: np.dtype, spec: PackSpec | None = None
+    ) -> None:
         self._seen[slot] = array
+        if spec is not None:
+            array = spec.pack(array)
         if array.dtype != dtype or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=dtype)
         self._bound[slot] = array
@@ -84,8 +92,9 @@ class NativePart:
                 "finish); rebuild the program"
             )
         table = self._table
-        for slot, name, dtype in self._params:
-            # Weights are bound once; a different array (an update, a baked slot) re-binds.
+        for slot, name, dtype, spec in self._params:
+            # Weights are bound once; a different array (an update, a baked slot) re-binds
+            # (and re-packs a packed slot).
             current = env.get(name)
             if current is None:
                 raise KernelError(
@@ -93,7 +102,7 @@ class NativePart:
                     "reads its weights from the program"
                 )
             if current is not self._seen.get(slot):
-                self._bind(slot, current, dtype)
+                self._bind(slot, current, dtype, spec)
         held = []
         for slot, name, dtype in self._inputs:
             a = env[name]

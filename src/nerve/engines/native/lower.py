@@ -21,6 +21,7 @@ import numpy as np
 from nerve.engines.native.buffers import root_of
 from nerve.engines.native.claims import ELEMENTWISE_OPS, POOL_OPS, REDUCE_OPS, VIEW_OPS
 from nerve.engines.native.elementwise import Chain, ChainOp, _group_stride
+from nerve.engines.native.packing import PackSpec, conv_packed_size
 from nerve.engines.native.shapes import (
     broadcast_strides,
     collapse,
@@ -57,6 +58,8 @@ class Lowering:
         self.types: Mapping[str, TensorType] = ChainMap(self.extra_types, graph.types)
         self.steps: list[Step] = []
         self.alias: dict[str, str] = {}
+        # Weight slots the lowering introduces in a kernel's packed layout (see packing.py).
+        self.packed: dict[str, PackSpec] = {}
         self.produced_at: dict[str, int] = {}  # tensor -> index of the step computing it
         self.uses: dict[str, int] = {}
         for node in nodes:
@@ -87,6 +90,16 @@ class Lowering:
             i += 1
             name = f"{base}.native{i}"
         self.extra_types[name] = type_
+        return name
+
+    def packed_weight(self, source: str, spec: PackSpec, size: int) -> str | None:
+        """The packed slot of weight ``source`` (None when it is not a weight)."""
+        if source not in self.graph.params:
+            return None
+        name = f"{source}.packed.{spec.kind}{spec.groups}"
+        if name not in self.packed:
+            self.packed[name] = spec
+            self.extra_types[name] = TensorType(DType.FLOAT32, (size,))
         return name
 
     def _ready_before(self, name: str, index: int) -> bool:
@@ -347,6 +360,10 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
         geo.dilations[0], geo.dilations[1], group,
     )  # fmt: skip
     step = ConvStep([node], Chain(ys, out), x=x, w=w, bias=bias, desc=desc)
+    if group != xs[1] and lw.type(w).dtype is DType.FLOAT32:
+        # Not depthwise: the packed-panel kernel over weights packed once at bind time.
+        spec = PackSpec(w, "conv", group)
+        step.wpack = lw.packed_weight(w, spec, conv_packed_size(ws, group)) or ""
     step.groups = ([0], [1], list(range(2, len(ys))))
     programs = [_epilogue_program(node)] if node.domain == NERVE_DOMAIN else []
     return _with_programs(lw, node, step, programs)

@@ -171,15 +171,18 @@ class ConvStep(_WithEpilogue):
     w: str = ""
     bias: str = ""
     desc: tuple[int, ...] = ()  # N C H W O OH OW KH KW SH SW PT PL DH DW G
+    wpack: str = ""  # the weights packed into A panels: the packed-panel kernel runs
 
     def reads(self) -> list[str]:
-        names = [self.x, self.w, *(o.name for o in self.chain.operands)]
+        names = [self.x, self.wpack or self.w, *(o.name for o in self.chain.operands)]
         return [*names, self.bias] if self.bias else names
 
     def writes(self) -> list[str]:
         return [self.out]
 
     def workspace(self) -> int:
+        if self.wpack:
+            return 0  # the packed kernel packs input tiles into per-thread buffers
         _, c, h, w, _, oh, ow, kh, kw, sh, sw, pt, pl, _, _, g = self.desc
         pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == 0 and oh == h and ow == w
         if pointwise or c == g:
@@ -190,8 +193,15 @@ class ConvStep(_WithEpilogue):
         lines = ["{", f"    static const nk_conv d = {_ints(self.desc)};"]
         lines += ["    " + s for s in self.epilogue_args(em)]
         ep, ea = self.epilogue(em)
-        work = em.workspace(index) if self.workspace() else "NULL"
         bias = em.ptr(self.bias) if self.bias else "NULL"
+        if self.wpack:
+            lines.append(
+                f"    nk_conv2d_packed(nt, &d, {em.ptr(self.x)}, {em.ptr(self.wpack)}, {bias}, "
+                f"{em.ptr(self.out)}, {ep}, {ea});"
+            )
+            lines.append("}")
+            return lines
+        work = em.workspace(index) if self.workspace() else "NULL"
         lines.append(
             f"    nk_conv2d(nt, &d, {em.ptr(self.x)}, {em.ptr(self.w)}, {bias}, "
             f"{em.ptr(self.out)}, {work}, {ep}, {ea});"

@@ -74,6 +74,26 @@ void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const f
 void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t PH,
                   int64_t PW, float fill, float *buf);
 
+/* ---- packed-panel GEMM (nk_packed.c) ------------------------------------------------------ */
+
+/* Register tile of the micro-kernel: NK_MR rows (broadcast from A panels) x NK_NR columns
+ * (vectors of B tiles). The engine's weight packing (packing.py) uses the same numbers. */
+#define NK_MR 8
+#define NK_NR 48
+
+/* 512 when the kernels use AVX-512, 0 for the portable loop. */
+int nk_packed_isa(void);
+/* C[mr x nr] (+)= A[kc][NK_MR] . B[kc][NK_NR] (+ bias[i] per row when bias != NULL), storing
+ * only the mr x nr valid block at c (row stride ldc); accumulate adds to what c holds. */
+void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr,
+                int nr, int accumulate, const float *bias);
+/* Floats of a convolution's packed weights: per group, ceil(O/G / NK_MR) panels [K][NK_MR]
+ * with K = C/G * KH * KW (the last panel zero-padded). */
+int64_t nk_conv_packed_floats(const nk_conv *d);
+/* nk_conv2d over packed weights (any group count; im2col writes B tiles directly). */
+void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
+                      const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+
 /* ---- pooling (NCHW; NC = N * C planes) ---------------------------------------------------- */
 
 enum { NK_POOL_MAX = 0, NK_POOL_AVG_EXCLUDE_PAD = 1, NK_POOL_AVG_INCLUDE_PAD = 2 };
