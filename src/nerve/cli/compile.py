@@ -2,14 +2,18 @@
 
 Prints the CompileReport — per pass its wall time, nodes in and out and the rewrites it
 applied by name and count — and the memory plan's peak scratch bytes against the sum of all
-intermediates. ``--dump-ir PASS`` prints the IR after that pass.
+intermediates. ``--dump-ir PASS`` prints the IR after that pass. ``--precision bf16 --accuracy
+samples.npz`` also prints the error of that precision against fp32 on the samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from nerve.cli import _output as out
 from nerve.cli._args import add_shape_argument, load_model
@@ -18,6 +22,9 @@ from nerve.compiler import compile as compile_plan
 from nerve.compiler.targets import TARGETS
 from nerve.engines.host import evaluate
 from nerve.ir import Graph, format_graph
+
+if TYPE_CHECKING:
+    from nerve.runtime.quant import AccuracyReport
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,6 +46,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "repeatable")
     parser.add_argument("--no-fuse", action="store_true", help="skip the fusion rewrites")
     parser.add_argument("--precision", default=None, help="the target's precision policy")
+    parser.add_argument("--accuracy", metavar="SAMPLES.npz", default=None,
+                        help="after compiling, run the model in fp32 and in --precision on these "
+                        "samples (arrays named by input; a leading axis stacks samples) and "
+                        "print max/mean relative error and top-1 agreement (int8: the samples "
+                        "also calibrate the activation ranges)")
     parser.add_argument("--no-check", action="store_true",
                         help="do not stop at restriction errors (see `nerve check`)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -56,11 +68,18 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"fuse": not args.no_fuse, "check": not args.no_check}
     if args.precision:
         options["precision"] = args.precision
+    if args.precision == "int8" and args.accuracy:
+        from nerve.runtime.quant import calibrate
+
+        # int8 needs activation ranges: the accuracy samples calibrate them (min/max).
+        options["calibration"] = calibrate(graph, _samples(args.accuracy))
     plan = compile_plan(graph, args.target, options, evaluate=evaluate, observer=observe)
     report = plan.report
+    accuracy = _accuracy(args, graph, options) if args.accuracy else None
     if args.json:
+        extra = {"accuracy": asdict(accuracy)} if accuracy is not None else {}
         out.emit(json.dumps({**report.to_dict(), "key": plan.key,
-                             "dumps": dict(dumps)}, indent=2))
+                             "dumps": dict(dumps), **extra}, indent=2))
         return 0
     for name, text in dumps:
         out.heading(f"IR after {name}")
@@ -75,4 +94,20 @@ def run(args: argparse.Namespace) -> int:
             f"{len(plan.graph.nodes)} nodes in {len(plan.segments)} segments, {rewrites} "
             f"rewrites, scratch {report.peak_scratch_bytes:,} B (--report for details)"
         )
+    if accuracy is not None:
+        out.emit(accuracy.format())
     return 0
+
+
+def _accuracy(args: argparse.Namespace, graph: Graph, options: dict[str, Any]) -> AccuracyReport:
+    """The accuracy of the compiled precision against fp32 on the ``--accuracy`` samples."""
+    from nerve.runtime.quant import accuracy
+
+    extra = {k: v for k, v in options.items() if k != "precision"}
+    return accuracy(graph, _samples(args.accuracy), precision=args.precision or "fp32",
+                    target=args.target, **extra)
+
+
+def _samples(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as samples:
+        return {name: samples[name] for name in samples.files}

@@ -142,6 +142,31 @@ def _clamp(xs: list[np.ndarray], s: BakeStep) -> np.ndarray:
     return np.clip(xs[0], s.attr("min"), s.attr("max")).astype(xs[0].dtype)
 
 
+def symmetric_scales(w: np.ndarray, axis: int) -> np.ndarray:
+    """Per-slice symmetric int8 scales of ``w`` along ``axis``: max|w| / 127 in float32
+    (1 for an all-zero slice, whose values quantize to 0 whatever the scale)."""
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    peak = np.max(np.abs(np.asarray(w, np.float32)), axis=others)
+    scales = (peak / np.float32(127)).astype(np.float32)
+    return np.where(scales > 0, scales, np.float32(1)).astype(np.float32)
+
+
+def _quantize_symmetric(xs: list[np.ndarray], s: BakeStep) -> np.ndarray:
+    # int8 per channel: round half to even of w / scale (float32 division), clamped to +-127.
+    w = np.asarray(xs[0], np.float32)
+    axis = int(s.attr("axis"))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.rint(w / symmetric_scales(w, axis).reshape(shape))
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
+def _symmetric_scale(xs: list[np.ndarray], s: BakeStep) -> np.ndarray:
+    # The per-channel weight scale times ``factor`` (the activation scale, Gemm's alpha), in
+    # float32: what multiplies the int32 accumulator.
+    return (symmetric_scales(xs[0], int(s.attr("axis"))) * np.float32(s.attr("factor", 1.0)))
+
+
 TRANSFORMS: dict[str, Transform] = {
     "bn_fold_weight": _bn_fold_weight,
     "bn_fold_bias": _bn_fold_bias,
@@ -152,6 +177,8 @@ TRANSFORMS: dict[str, Transform] = {
     "negate": _negate,
     "reciprocal": _reciprocal,
     "clamp": _clamp,
+    "quantize_symmetric": _quantize_symmetric,
+    "symmetric_scale": _symmetric_scale,
 }
 
 
@@ -284,4 +311,5 @@ __all__ = [
     "recipes_reading",
     "run_recipes",
     "step",
+    "symmetric_scales",
 ]

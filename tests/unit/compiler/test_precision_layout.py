@@ -50,12 +50,20 @@ def test_bf16_policy_converts_only_its_ops() -> None:
     g = _mlp()
     target = cpu_target(features=("avx2", "avx512f", "avx512_bf16"))
     plan = compile_plan(g, target, {"precision": "bf16", "fuse": False})
-    matmuls = [n for n in plan.graph.nodes if n.op_type == "MatMul"]
-    assert all(plan.graph.types[n.outputs[0]].dtype is DType.BFLOAT16 for n in matmuls)
-    relu = next(n for n in plan.graph.nodes if n.op_type == "Relu")
-    assert plan.graph.types[relu.outputs[0]].dtype is DType.FLOAT32
-    baked = run_recipes(plan, plan.graph.weights)
-    slot = matmuls[0].inputs[1]
+    graph = plan.graph
+    matmuls = [n for n in graph.nodes if n.op_type == "MatMul"]
+    # bf16 operands, float32 accumulation: each MatMul reads bf16-rounded operands (a Cast
+    # back from bfloat16) and still writes float32, as AMX / AVX512-BF16 do.
+    assert all(graph.types[n.outputs[0]].dtype is DType.FLOAT32 for n in matmuls)
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    for mm in matmuls:
+        for operand in mm.inputs:
+            cast = producers[operand]
+            assert cast.op_type == "Cast" and graph.types[cast.inputs[0]].dtype is DType.BFLOAT16
+    relu = next(n for n in graph.nodes if n.op_type == "Relu")
+    assert graph.types[relu.outputs[0]].dtype is DType.FLOAT32
+    baked = run_recipes(plan, graph.weights)
+    slot = producers[matmuls[0].inputs[1]].inputs[0]
     assert baked[slot].dtype == np.uint16
     np.testing.assert_allclose(bfloat16_to_float32(baked[slot]), plan.graph.weights["w1"],
                                rtol=1e-2)

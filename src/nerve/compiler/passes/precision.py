@@ -31,9 +31,10 @@ import numpy as np
 
 from nerve.compiler.bake import step
 from nerve.compiler.context import PassContext
+from nerve.compiler.passes.precision_operands import OperandNarrower
 from nerve.compiler.passes.rewrite import Rewriter, apply_rules, dead_code, prune
 from nerve.compiler.targets import PrecisionPolicy
-from nerve.errors import ShapeError
+from nerve.errors import CompileError, ShapeError
 from nerve.ir import DType, Graph, Node, TensorType, infer_node
 from nerve.ir.dtypes import float32_to_bfloat16
 
@@ -51,19 +52,68 @@ _KEEP = frozenset({"Cast", "CastLike", "Shape", "Size", "ConstantOfShape", "Rang
 def precision(graph: Graph, ctx: PassContext) -> Graph:
     """Apply the target's precision policy (see the module docstring)."""
     policy = ctx.target.precision(ctx.option("precision"))
-    ctx.notes.append(f"precision policy: {policy.name}")
-    if policy.compute is None:
+    overrides = _overrides(ctx)
+    ctx.notes.append(f"precision policy: {describe(policy)}")
+    for key, chosen in overrides.items():
+        ctx.notes.append(f"precision override: {key} -> {describe(chosen)}")
+    if policy.compute is None and not any(p.operands for p in (policy, *overrides.values())):
         return graph
-    converter = _Converter(graph, ctx, policy)
-    nodes: list[Node] = []
+    if policy.compute is not None:
+        converter = _Converter(graph, ctx, policy)
+        nodes: list[Node] = []
+        for node in graph.nodes:
+            nodes.extend(converter.convert(node) if _wants(node, graph, policy) else [node])
+        graph.nodes = nodes
+    narrower = OperandNarrower(graph, ctx)
+    nodes = []
     for node in graph.nodes:
-        nodes.extend(converter.convert(node) if _wants(node, graph, policy) else [node])
+        chosen = _policy_for(node, policy, overrides)
+        if chosen.operands is not None and node.qualified_op in (chosen.ops or ()):
+            nodes.extend(narrower.narrow(node, chosen.operands))
+        else:
+            nodes.append(node)
     graph.nodes = nodes
     graph._node_names = {n.name for n in graph.nodes}
     apply_rules(graph, [("cast_pair", _cast_pair)], ctx.record.rewrites)
     ctx.count("dead_code", dead_code(graph))
     prune(graph, ctx.book.recipes)
     return graph
+
+
+def describe(policy: PrecisionPolicy) -> str:
+    """A policy as the CompileReport shows it: name, what it narrows, features it uses."""
+    if policy.operands is None:
+        text = policy.name if policy.compute is None or policy.name == policy.compute.value \
+            else f"{policy.name} (compute {policy.compute.value})"
+        return text
+    acc = "float32" if policy.operands is DType.BFLOAT16 else "int32"
+    ops = ", ".join(sorted(policy.ops or ()))
+    used = f"; uses {', '.join(policy.uses)}" if policy.uses else "; host emulation"
+    return f"{policy.name} ({policy.operands.value} operands, {acc} accumulation on {ops}{used})"
+
+
+def _overrides(ctx: PassContext) -> dict[str, PrecisionPolicy]:
+    """``precision_overrides`` ({node name or op type: precision name}) resolved to policies."""
+    given = ctx.option("precision_overrides") or {}
+    if not isinstance(given, dict):
+        raise CompileError("precision_overrides must map node names or op types to precision "
+                           f"names (e.g. {{'Conv': 'fp32'}}), not {type(given).__name__}")
+    return {str(k): ctx.target.precision(str(v)) for k, v in sorted(given.items())}
+
+
+# Fused ops answer to the op type they were fused from, so {"Conv": "fp32"} covers FusedConv.
+_BASE_OP = {"nerve.FusedConv": "Conv", "nerve.FusedMatMul": "MatMul"}
+
+
+def _policy_for(
+    node: Node, policy: PrecisionPolicy, overrides: dict[str, PrecisionPolicy]
+) -> PrecisionPolicy:
+    for key in (node.name, node.qualified_op, node.op_type, _BASE_OP.get(node.qualified_op)):
+        if key and key in overrides:
+            return overrides[key]
+    if node.qualified_op == "nerve.FusedMatMul" and node.attr("gemm", 0) and "Gemm" in overrides:
+        return overrides["Gemm"]
+    return policy
 
 
 def _wants(node: Node, graph: Graph, policy: PrecisionPolicy) -> bool:
@@ -161,4 +211,4 @@ def _cast_pair(rw: Rewriter, node: Node) -> bool:
     return rw.bypass(node, x)
 
 
-__all__ = ["EXACT_ROUND_TRIPS", "precision"]
+__all__ = ["EXACT_ROUND_TRIPS", "describe", "precision"]

@@ -15,7 +15,7 @@ target's name written into it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from nerve.errors import TargetError
@@ -63,10 +63,32 @@ class PrecisionPolicy:
     ops: frozenset[str] | None = None
     # ISA features of which the policy needs at least one (cpu bf16: amx_bf16 or avx512_bf16).
     requires_any: tuple[str, ...] = ()
+    # Operand precision (bfloat16 or int8): the GEMM-class ops in ``ops`` read their operands
+    # rounded to bfloat16 (or quantized to int8: weights per output channel, activations per
+    # tensor from a calibration) and accumulate in float32 (int32); their outputs keep the
+    # model's dtype. This is what AMX / AVX512-BF16 / VNNI hardware computes.
+    operands: DType | None = None
+    # ISA features of the target the policy uses (shown in the CompileReport).
+    uses: tuple[str, ...] = ()
 
 
 NATIVE = PrecisionPolicy("native")
 FP32 = PrecisionPolicy("fp32", DType.FLOAT32)
+# The ops whose operands the bf16 / int8 policies narrow (their accumulation stays wide).
+GEMM_OPS = frozenset({"MatMul", "Gemm", "Conv", "nerve.FusedMatMul", "nerve.FusedConv"})
+BF16_OPERANDS = PrecisionPolicy("bf16", ops=GEMM_OPS, operands=DType.BFLOAT16)
+INT8_OPERANDS = PrecisionPolicy("int8", ops=GEMM_OPS, operands=DType.INT8)
+# ISA features that run bf16 / int8 dot products, best first.
+BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+INT8_FEATURES = ("amx_int8", "avx512_vnni")
+
+
+def auto_policy(features: tuple[str, ...]) -> PrecisionPolicy:
+    """``auto``: bf16 operands for matmul/conv where the features run bf16, else fp32."""
+    have = tuple(f for f in BF16_FEATURES if f in features)
+    if have:
+        return replace(BF16_OPERANDS, name="auto", uses=have)
+    return replace(FP32, name="auto")
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,9 @@ class Target:
         default_factory=lambda: MappingProxyType({"native": NATIVE})
     )
     default_precision: str = "native"
+    # Policies the target runs only when asked by name (the host emulates bf16 and int8
+    # exactly, for accuracy reports); automatic choosers (power modes) never pick them.
+    emulations: Mapping[str, PrecisionPolicy] = field(default_factory=lambda: MappingProxyType({}))
     layout: LayoutRules = field(default_factory=LayoutRules)
     limits: Limits = field(default_factory=Limits)
     compile_budget: int | None = None  # compiles one process can afford; None: unlimited
@@ -139,13 +164,12 @@ class Target:
     def precision(self, name: str | None = None) -> PrecisionPolicy:
         """The precision policy ``name`` (the target's default when None)."""
         key = name or self.default_precision
-        try:
-            policy = self.precisions[key]
-        except KeyError:
+        policy = self.precisions.get(key) or self.emulations.get(key)
+        if policy is None:
             raise TargetError(
                 f"target {self.name!r} has no precision {key!r}; it offers "
-                f"{', '.join(self.precisions)}"
-            ) from None
+                f"{', '.join([*self.precisions, *self.emulations])}"
+            )
         if policy.requires_any and not set(policy.requires_any) & set(self.features):
             raise TargetError(
                 f"precision {key!r} on target {self.name!r} needs one of the CPU features "
@@ -196,7 +220,12 @@ def get_target(name: str | Target) -> Target:
 
 
 __all__ = [
+    "BF16_FEATURES",
+    "BF16_OPERANDS",
     "FP32",
+    "GEMM_OPS",
+    "INT8_FEATURES",
+    "INT8_OPERANDS",
     "NATIVE",
     "TARGETS",
     "LayoutRules",
@@ -204,5 +233,6 @@ __all__ = [
     "OpRule",
     "PrecisionPolicy",
     "Target",
+    "auto_policy",
     "get_target",
 ]

@@ -13,22 +13,29 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
-from nerve.compiler.targets import FP32, LayoutRules, Limits, OpRule, PrecisionPolicy, Target
+from nerve.compiler.targets import (
+    BF16_FEATURES,
+    BF16_OPERANDS,
+    FP32,
+    INT8_FEATURES,
+    INT8_OPERANDS,
+    LayoutRules,
+    Limits,
+    OpRule,
+    Target,
+    auto_policy,
+)
 from nerve.ir import DType, Graph, Node
 
 # The ISA features nerve's native engine can use, in the order reports list them.
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
-BF16 = PrecisionPolicy(
-    "bf16",
-    DType.BFLOAT16,
-    ops=frozenset(
-        {"MatMul", "Gemm", "Conv", "nerve.FusedMatMul", "nerve.FusedConv", "nerve.Attention"}
-    ),
-    requires_any=("amx_bf16", "avx512_bf16"),
-)
+# bf16 / int8 operands with fp32 / int32 accumulation on matmul and conv (see PrecisionPolicy).
+BF16 = replace(BF16_OPERANDS, requires_any=BF16_FEATURES)
+INT8 = replace(INT8_OPERANDS, requires_any=INT8_FEATURES)
 
 _F32 = frozenset({DType.FLOAT32, DType.BOOL})  # compute in float32 (bool: Where's condition)
 _ANY = frozenset(DType) - {DType.STRING}
@@ -93,8 +100,13 @@ def target(features: Iterable[str] | None = None) -> Target:
     ops: dict[str, OpRule] = {op: OpRule(dtypes=_F32) for op in _COMPUTE}
     ops["nerve.Attention"] = OpRule(dtypes=_F32, check=_attention_ok)
     ops.update({op: OpRule(dtypes=_ANY) for op in _MOVEMENT})
-    # bf16 is listed even where the CPU lacks it: asking for it then says which feature is missing.
-    precisions = {"fp32": FP32, "bf16": BF16}
+    # bf16/int8 are listed even where the CPU lacks them: asking says which feature is missing.
+    precisions = {
+        "fp32": FP32,
+        "bf16": replace(BF16, uses=tuple(f for f in BF16_FEATURES if f in feats)),
+        "int8": replace(INT8, uses=tuple(f for f in INT8_FEATURES if f in feats)),
+        "auto": auto_policy(feats),
+    }
     return Target(
         name="cpu",
         engine="native",

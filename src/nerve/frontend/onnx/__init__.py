@@ -77,9 +77,10 @@ def load_onnx(
     _bind_inputs(graph, proto.graph, initializer_names | set(bound), free_shapes)
     for name, (array, dtype) in bound.items():
         graph.add_constant(name, array, dtype)
+    quantized = _quantized_weights(proto.graph)
     for tensor in proto.graph.initializer:
         array, dtype = tensor_to_array(tensor)
-        if dtype.is_float:
+        if dtype.is_float or tensor.name in quantized:
             graph.add_param(tensor.name, array, dtype)
         else:
             graph.add_constant(tensor.name, array, dtype)
@@ -99,6 +100,30 @@ def load_onnx(
     _check_declared_outputs(graph, proto.graph)
     verify(graph)
     return graph
+
+
+# (op type, input index) of the inputs that hold quantized weights in QDQ and QLinear models.
+_QUANTIZED_WEIGHT_INPUTS = frozenset({
+    ("DequantizeLinear", 0), ("QLinearConv", 3), ("QLinearMatMul", 3), ("ConvInteger", 1),
+    ("MatMulInteger", 1),
+})  # fmt: skip
+
+
+def _quantized_weights(g: onnx.GraphProto) -> set[str]:
+    """Integer initializers that are quantized weights: every use is a weight input above.
+
+    Such initializers are Params (weights), not structural constants, so two quantized models
+    that differ only in their weights share one compiled program. An initializer also used as
+    structure (a shape, an axis) stays a constant.
+    """
+    uses: dict[str, set[bool]] = {}
+    for node in g.node:
+        for index, name in enumerate(node.input):
+            if name and node.domain in ("", "ai.onnx"):
+                uses.setdefault(name, set()).add((node.op_type, index) in _QUANTIZED_WEIGHT_INPUTS)
+            elif name:
+                uses.setdefault(name, set()).add(False)
+    return {name for name, kinds in uses.items() if kinds == {True}}
 
 
 def _check_supported(g: onnx.GraphProto, proto: onnx.ModelProto) -> None:

@@ -8,6 +8,7 @@ from nerve.engines.host.kernels import (  # noqa: F401
     nn_norm,
     nn_pool,
     nn_resize,
+    quant,
     reduce,
     tensor,
 )

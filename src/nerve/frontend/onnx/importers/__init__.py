@@ -8,6 +8,7 @@ from nerve.frontend.onnx.importers import (  # noqa: F401
     elementwise,
     linalg,
     nn,
+    quant,
     reduce,
     tensor,
 )
