@@ -27,11 +27,15 @@ from nerve.runtime import (
     Worker,
     compile,
     connect,
+    load,
 )
 from nerve.runtime.compile import check
+from nerve.runtime.quant import AccuracyReport, Calibration, accuracy, calibrate
 
 __all__ = [
+    "AccuracyReport",
     "Binding",
+    "Calibration",
     "CompileError",
     "InputError",
     "Job",
@@ -47,9 +51,12 @@ __all__ = [
     "UnsupportedOperatorError",
     "Worker",
     "__version__",
+    "accuracy",
+    "calibrate",
     "check",
     "compile",
     "connect",
     "errors",
     "ir",
+    "load",
 ]

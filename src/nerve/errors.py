@@ -82,12 +82,24 @@ class InputError(NerveError):
     """A run was given a missing, extra, or mis-shaped/mis-typed input."""
 
 
+class WeightUpdateError(InputError):
+    """``update_weights`` was given an unknown Param, a wrong shape or dtype, or weights the
+    target baked in for good."""
+
+
 class OutputError(NerveError):
     """A run was asked for an output the program does not have, or given a bad out= buffer."""
 
 
 class CompileError(NerveError):
     """A compile step failed (a pass, or an engine's code generation/build)."""
+
+
+class CompileBudgetError(CompileError):
+    """The process has used up the target's compile budget (the ANE's ~119 compiles).
+
+    Cache hits and weight updates do not count; restart the process or reuse programs.
+    """
 
 
 class KernelError(NerveError):

@@ -25,6 +25,12 @@ FLAGS: dict[str, Flag] = {
     f.name: f
     for f in (
         Flag("NERVE_CACHE_DIR", "~/.cache/nerve", "Where the on-disk program cache lives."),
+        Flag("NERVE_CACHE", "1", "0 turns the program cache off (every compile runs the passes)."),
+        Flag(
+            "NERVE_CACHE_SIZE",
+            "4G",
+            "Size limit of the on-disk program cache (bytes; K/M/G suffixes); LRU eviction.",
+        ),
         Flag("NERVE_THREADS", "0", "Threads per engine; 0 means one per available core."),
         Flag("NERVE_CC", "", "C compiler for the native engine; empty means cc, gcc, clang."),
         Flag("NERVE_LOG", "WARNING", "Log level of the 'nerve' logger (DEBUG shows copies)."),

@@ -68,9 +68,7 @@ def compile(
     tgt = get_target(target)
     opts = dict(options or {})
     report = CompileReport(target=tgt.name)
-    key = structural_key(
-        graph, {"target": tgt.name, "features": list(tgt.features), "options": opts}
-    )
+    key = plan_key(graph, tgt, opts)
     work = graph.copy()
     params = dict(graph.params)
     ctx = PassContext.new(work, tgt, opts, evaluate=evaluate, supported=supported)
@@ -90,6 +88,20 @@ def compile(
     if observer is not None:
         observer("plan", work)
     return result
+
+
+def key_extra(target: Target, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a plan's structural key hashes besides the graph: target, features, options."""
+    return {"target": target.name, "features": list(target.features),
+            "options": dict(options or {})}
+
+
+def plan_key(
+    graph: Graph, target: str | Target = "host", options: Mapping[str, Any] | None = None
+) -> str:
+    """The structural key :func:`compile` gives the Plan of ``graph`` (no pass runs): the
+    program cache looks plans up by it before compiling."""
+    return structural_key(graph, key_extra(get_target(target), options))
 
 
 def _timed(

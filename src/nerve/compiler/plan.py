@@ -16,6 +16,7 @@ into the data of every slot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nerve.compiler.bake import BakeRecipe
@@ -64,6 +65,10 @@ class Plan:
     layouts: dict[str, str] = field(default_factory=dict)
     params: dict[str, Param] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # Where engines keep build artifacts (shared libraries) for this plan: a directory of the
+    # runtime's program cache entry, set before engine.build; None when the cache is off.
+    # Machine-local, so never serialized (see nerve.runtime.cache).
+    artifact_dir: Path | None = None
 
     def keep_alive(self, segment: Segment) -> set[str]:
         """Names a segment must not free: graph outputs and what later segments read."""

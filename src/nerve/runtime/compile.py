@@ -8,15 +8,20 @@ import onnx
 
 from nerve.compiler import compile as compile_plan
 from nerve.compiler.check import CheckReport, check_graph
-from nerve.compiler.targets import Target
-from nerve.engines import get_engine
+from nerve.compiler.pipeline import key_extra
+from nerve.compiler.plan import Plan
+from nerve.compiler.targets import Target, get_target
+from nerve.engines import Executable, get_engine
 from nerve.engines.host import evaluate as host_evaluate
 from nerve.engines.host.registry import get_kernel
 from nerve.errors import InputError
 from nerve.frontend.onnx import ConstantSpec, ShapeSpec, load_onnx
 from nerve.frontend.onnx.loader import ModelSource
-from nerve.ir import Graph
+from nerve.ir import Graph, structural_key
+from nerve.runtime import budget
+from nerve.runtime import cache as program_cache
 from nerve.runtime.program import Program
+from nerve.runtime.serialize import Origin
 
 
 def load_graph(
@@ -56,12 +61,53 @@ def compile(
     ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
     >>> nerve.compile(helper.make_model(g), shapes={"x": (4,)}).inputs[0].shape
     (4,)
+
+    The program cache (:mod:`nerve.runtime.cache`) serves structures compiled before, in this
+    process or another (``program.report.cache`` says ``hit``, ``miss`` or ``off``); a hit runs
+    no pass and does not count against the target's compile budget. ``cache=False`` compiles
+    without it; ``cache=ProgramCache(...)`` uses that cache.
     """
+    cache_option = options.pop("cache", True)
     graph = load_graph(model, shapes, constants)
+    tgt = get_target(target)
+    extra = key_extra(tgt, options)
+    cache = program_cache.resolve(cache_option) if program_cache.cacheable(tgt) else None
+    if cache is None:
+        plan = _run_passes(graph, tgt, options)
+        plan.report.cache = "off"
+        executables = build_executables(plan)
+    else:
+        key = structural_key(graph, extra)
+        # One compile per structure, even across processes: lookup, compile and store run
+        # under the key's lock, so a second process waits and then finds the entry.
+        with cache.claim(key):
+            cached = cache.lookup(key)
+            if cached is not None:
+                plan = program_cache.bind_weights(
+                    cached, graph.weights, "plan from the program cache: no pass ran")
+            else:
+                cache.prepare(key)
+                plan = _run_passes(graph, tgt, options)
+            plan.artifact_dir = cache.artifact_dir(key)
+            executables = build_executables(plan)
+            if cached is None:
+                cache.store(plan, key)
+    program = Program(plan, executables)
+    structure = graph.copy()
+    structure.weights = {}
+    program.origin = Origin(structure, dict(options), constants, extra)
+    return program
+
+
+def _run_passes(graph: Graph, target: Target, options: dict[str, Any]) -> Plan:
+    budget.charge(target)  # a compile that runs the passes counts against the budget
     # The host kernels evaluate constant subgraphs: the compiler cannot import engines itself.
-    plan = compile_plan(graph, target, options, evaluate=host_evaluate)
-    executables = [get_engine(seg.engine).build(seg, plan) for seg in plan.segments]
-    return Program(plan, executables)
+    return compile_plan(graph, target, options, evaluate=host_evaluate)
+
+
+def build_executables(plan: Plan) -> list[Executable]:
+    """One executable per segment of ``plan``, from the segment's engine."""
+    return [get_engine(seg.engine).build(seg, plan) for seg in plan.segments]
 
 
 def _host_has_kernel(op_type: str, domain: str) -> bool:

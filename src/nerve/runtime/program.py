@@ -44,17 +44,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from nerve.compiler.bake import run_recipes
 from nerve.compiler.plan import Plan
 from nerve.compiler.report import CompileReport
 from nerve.engines.base import Executable
 from nerve.errors import InputError, OutputError
 from nerve.ir import Graph, Node, Value
+from nerve.runtime.arena import WeightArena
 from nerve.runtime.tensors import OutputPool, as_input, as_output, read_only, to_numpy
+
+if TYPE_CHECKING:
+    from nerve.runtime.delta import UpdateReport
+    from nerve.runtime.serialize import Origin
 
 log = logging.getLogger("nerve")
 
@@ -114,11 +118,12 @@ class Program:
         self._output_index = {o.name: o for o in self.outputs}
         self._output_names = [o.name for o in self.outputs]
         # Constants and weights every run starts from; arrays are shared, never copied per run.
-        # Weight slots come from the plan's bake recipes over the model's Params (a plain Param
-        # passes through uncopied; BN folding, transposes, casts are computed here, once).
-        self._base_env: dict[str, np.ndarray] = {
-            **graph.constants, **run_recipes(plan, graph.weights)
-        }
+        # Weight slots live in one aligned arena baked from the model's Params by the plan's
+        # recipes (BN folding, transposes, casts computed here, once; see runtime/arena.py).
+        self.arena = WeightArena(plan, graph.weights)
+        # How the program was made (set by nerve.compile / nerve.load; save() embeds it).
+        self.origin: Origin | None = None
+        self._base_env: dict[str, np.ndarray] = {**graph.constants, **self.arena.slots}
         # Owners of the memory behind constants and weights: an output whose memory traces
         # back to one of them must not be handed out writable.
         self._owned = {id(_owner(a)) for a in self._base_env.values()}
@@ -252,6 +257,17 @@ class Program:
     def _execute(
         self, prepared: Mapping[str, np.ndarray], profile: RunProfiler | None
     ) -> dict[str, np.ndarray]:
+        # A run holds the weight arena's shared lock: an update_weights waits for it and no
+        # run sees a mix of old and new weights. Outputs that are views of the arena are
+        # copied before the lock is released.
+        with self.arena.reading():
+            env = self._execute_unlocked(prepared, profile)
+            self.arena.detach(env, self._output_names)
+        return env
+
+    def _execute_unlocked(
+        self, prepared: Mapping[str, np.ndarray], profile: RunProfiler | None
+    ) -> dict[str, np.ndarray]:
         env = dict(self._base_env)
         env.update(prepared)
         if profile is None:
@@ -297,6 +313,32 @@ class Program:
                 f"unknown outputs {unknown}; the program's outputs are {self._output_names}"
             )
         return list(output_names)
+
+    # -- weights -------------------------------------------------------------------
+
+    @property
+    def weights(self) -> Mapping[str, np.ndarray]:
+        """The model's Params by name: current values, read-only."""
+        return self.arena.params
+
+    def update_weights(self, weights: Any) -> UpdateReport:
+        """Replace some or all weights in place, without compiling (delta compilation).
+
+        ``weights``: a mapping Param name -> array, a ``.safetensors`` file, a saved program
+        or an ONNX model of the same structure. Only the bake recipes reading a changed Param
+        re-run; runs in flight finish on the old weights, later runs see the new ones. The
+        result is bit-identical to compiling with the new weights. See
+        :mod:`nerve.runtime.delta`.
+        """
+        from nerve.runtime.delta import update_weights
+
+        return update_weights(self, weights)
+
+    def save(self, path: Any) -> None:
+        """Write the program (plan, engine artifacts, weights) to one file for ``nerve.load``."""
+        from nerve.runtime.serialize import save_program
+
+        save_program(self, path)
 
     # -- binding ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,18 @@ class NativePart:
         self._bound[slot] = array
         self._table[slot] = array.ctypes.data
 
+    def weights_changed(self, names: Collection[str]) -> None:
+        """The program rewrote these weights in place (a delta update): re-derive what this
+        part built from them — packed panels, or a copy made for dtype or contiguity.
+
+        The runtime calls this while it holds the program's weight lock, so no run is in
+        flight; re-binding from the same array object picks up its new contents.
+        """
+        changed = set(names)
+        for slot, name, dtype, spec in self._params:
+            if name in changed and slot in self._seen:
+                self._bind(slot, self._seen[slot], dtype, spec)  # type: ignore[arg-type]
+
     def attach(self, library: Path) -> None:
         handle = cache.load(library)
         fn = getattr(handle, self.code.symbol)
@@ -143,3 +155,9 @@ class SequenceExecutable:
     def run(self, env: Env) -> None:
         for part in self.parts:
             part.run(env)
+
+    def weights_changed(self, names: Collection[str]) -> None:
+        for part in self.parts:
+            hook = getattr(part, "weights_changed", None)
+            if hook is not None:
+                hook(names)

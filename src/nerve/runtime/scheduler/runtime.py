@@ -91,6 +91,14 @@ class Runtime:
         mode_options = self.power_mode.compile_options(target)
         return compile_program(model, target, **{**mode_options, **options})
 
+    @property
+    def compile_count(self) -> int:
+        """Compiles this process has run (cache hits and weight updates are not counted;
+        see :mod:`nerve.runtime.budget`, which enforces each target's compile budget)."""
+        from nerve.runtime.budget import compile_count
+
+        return compile_count()
+
     def register(
         self,
         program: Program,
