@@ -56,18 +56,22 @@ SECTION = "## I/O and scheduling"
 
 def relu_model(shape: list[int]) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
     return helper.make_model(graph, opset_imports=OPSET)
 
 
 def sum_model(n: int) -> onnx.ModelProto:
     """A big input, a one-element output: timing it measures input handling only."""
     graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)], "sum",
+        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)],
+        "sum",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     return helper.make_model(graph, opset_imports=OPSET)
 
 
@@ -75,11 +79,16 @@ def affine_model(features: int) -> onnx.ModelProto:
     w = np.linspace(-1, 1, features, dtype=np.float32)
     b = np.linspace(0.5, -0.5, features, dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
-         helper.make_node("Relu", ["a"], ["y"])], "affine",
+        [
+            helper.make_node("Mul", ["x", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        "affine",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, features])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     return helper.make_model(graph, opset_imports=OPSET)
 
 
@@ -90,7 +99,8 @@ def linear_model(batch: int, k: int = 1024, n: int = 1024) -> onnx.ModelProto:
         "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])],
-        [numpy_helper.from_array(w, "w")])
+        [numpy_helper.from_array(w, "w")],
+    )
     return helper.make_model(graph, opset_imports=OPSET)
 
 
@@ -139,13 +149,17 @@ def bench_zero_copy(quick: bool, client: Any) -> dict[str, Any]:
             path = os.path.join(tmp, f"{name}.onnx")
             onnx.save(sum_model(n), path)
             client.load(f"null_{name}", path, engine="null")
-    with nerve.SharedTensor.from_array(x_big) as xb, nerve.SharedTensor.from_array(
-        x_small
-    ) as xs, nerve.SharedTensor.create((1,), np.float32) as y:
-        small_remote = timed(lambda: client.run("null_small", {"x": xs}, {"y": y}, timeout=60),
-                             reps * 20, warmup=20)
-        big_remote = timed(lambda: client.run("null_big", {"x": xb}, {"y": y}, timeout=60),
-                           reps * 20, warmup=20)
+    with (
+        nerve.SharedTensor.from_array(x_big) as xb,
+        nerve.SharedTensor.from_array(x_small) as xs,
+        nerve.SharedTensor.create((1,), np.float32) as y,
+    ):
+        small_remote = timed(
+            lambda: client.run("null_small", {"x": xs}, {"y": y}, timeout=60), reps * 20, warmup=20
+        )
+        big_remote = timed(
+            lambda: client.run("null_big", {"x": xb}, {"y": y}, timeout=60), reps * 20, warmup=20
+        )
     out["worker_4KiB_us"] = us(small_remote)
     out["worker_64MiB_us"] = us(big_remote)
     return out
@@ -164,18 +178,22 @@ def bench_cross_process(quick: bool, client: Any) -> dict[str, Any]:
     x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
     reps = 200 if quick else 3000
     local = timed(lambda: program.run({"x": x}), reps, warmup=50)
-    with nerve.SharedTensor.from_array(x) as xs, nerve.SharedTensor.create(
-        (1, 256), np.float32
-    ) as ys:
-        remote = timed(lambda: client.run("affine", {"x": xs}, {"y": ys}, timeout=60), reps,
-                       warmup=50)
+    with (
+        nerve.SharedTensor.from_array(x) as xs,
+        nerve.SharedTensor.create((1, 256), np.float32) as ys,
+    ):
+        remote = timed(
+            lambda: client.run("affine", {"x": xs}, {"y": ys}, timeout=60), reps, warmup=50
+        )
         np.testing.assert_array_equal(ys.array, program.run({"x": x})["y"])
         sent_before = client.bytes_sent
         client.run("affine", {"x": xs}, {"y": ys}, timeout=60)
         request_bytes = client.bytes_sent - sent_before
     return {
-        "in_process_p50_us": us(local), "in_process_p99_us": p99(local),
-        "cross_process_p50_us": us(remote), "cross_process_p99_us": p99(remote),
+        "in_process_p50_us": us(local),
+        "in_process_p99_us": p99(local),
+        "cross_process_p50_us": us(remote),
+        "cross_process_p99_us": p99(remote),
         "added_p50_us": us(remote) - us(local),
         "request_bytes": request_bytes,
     }
@@ -194,8 +212,7 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
     direct_prepared = timed(lambda: program.run_prepared(prepared, names, {}), reps, warmup=100)
     with nerve.Runtime(max_queue=10_000) as rt:
         sequential = timed(lambda: rt.submit(program, feeds).result(60), reps, warmup=100)
-        inline = timed(lambda: rt.submit(program, feeds, inline=True).result(60), reps,
-                       warmup=100)
+        inline = timed(lambda: rt.submit(program, feeds, inline=True).result(60), reps, warmup=100)
         n = 200 if quick else 2000
         start = time.perf_counter()
         jobs = [rt.submit(program, feeds) for _ in range(n)]
@@ -219,8 +236,9 @@ def bench_scheduler(quick: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4. batching
 
 
-def steady_load(rt: nerve.Runtime, program: nerve.Program, rate: float, seconds: float,
-                rows: int = 1) -> dict[str, Any]:
+def steady_load(
+    rt: nerve.Runtime, program: nerve.Program, rate: float, seconds: float, rows: int = 1
+) -> dict[str, Any]:
     """Offer jobs at ``rate`` per second for ``seconds`` (open loop); measure what happens."""
     x = np.random.default_rng(2).standard_normal((rows, 1024)).astype(np.float32)
     jobs: list[Any] = []
@@ -241,7 +259,9 @@ def steady_load(rt: nerve.Runtime, program: nerve.Program, rate: float, seconds:
     elapsed = max(j.finished_at or 0.0 for j in jobs) - start
     lat = [j.latency or 0.0 for j in jobs]
     return {
-        "offered_per_s": rate, "completed": len(jobs), "rejected": rejected,
+        "offered_per_s": rate,
+        "completed": len(jobs),
+        "rejected": rejected,
         "throughput_per_s": len(jobs) / elapsed,
         "p50_ms": float(np.percentile(lat, 50)) * 1e3,
         "p99_ms": float(np.percentile(lat, 99)) * 1e3,
@@ -267,8 +287,7 @@ def bench_batching(quick: bool) -> dict[str, Any]:
         rt.register(batched, "linear16", batch=True, max_queue_delay_us=500)
         with_batching = steady_load(rt, batched, rate, seconds)
         with_batching["mean_batch"] = _mean_batch(rt.stats()["linear16"]["batch_sizes"])
-    return {"unbatched_capacity_per_s": capacity, "without": unbatched,
-            "with": with_batching}
+    return {"unbatched_capacity_per_s": capacity, "without": unbatched, "with": with_batching}
 
 
 def _mean_batch(sizes: dict[int, int]) -> float:
@@ -283,36 +302,61 @@ def table(results: dict[str, Any]) -> str:
     z, c, s, b = (results[k] for k in ("zero_copy", "cross_process", "scheduler", "batching"))
     rows = [
         ("zero-copy run, 4 KiB input (null engine)", f"{z['zero_copy_4KiB_us']:.1f} µs", ""),
-        ("zero-copy run, 64 MiB input", f"{z['zero_copy_64MiB_us']:.1f} µs",
-         f"{z['zero_copy_size_ratio']:.2f}x the 4 KiB time (target: no growth with size)"),
-        ("copying run, 64 MiB input (strided: one conversion)", f"{z['copy_64MiB_us']:.0f} µs",
-         f"{z['copy_64MiB_us'] / z['zero_copy_64MiB_us']:.0f}x zero-copy"),
+        (
+            "zero-copy run, 64 MiB input",
+            f"{z['zero_copy_64MiB_us']:.1f} µs",
+            f"{z['zero_copy_size_ratio']:.2f}x the 4 KiB time (target: no growth with size)",
+        ),
+        (
+            "copying run, 64 MiB input (strided: one conversion)",
+            f"{z['copy_64MiB_us']:.0f} µs",
+            f"{z['copy_64MiB_us'] / z['zero_copy_64MiB_us']:.0f}x zero-copy",
+        ),
         ("caller copies 64 MiB first", f"{z['explicit_copy_64MiB_us']:.0f} µs", ""),
         ("worker run, 4 KiB SharedTensor (null engine)", f"{z['worker_4KiB_us']:.1f} µs", ""),
-        ("worker run, 64 MiB SharedTensor", f"{z['worker_64MiB_us']:.1f} µs",
-         f"{z['worker_64MiB_us'] / z['worker_4KiB_us']:.2f}x the 4 KiB time"),
-        ("small model in-process p50 / p99",
-         f"{c['in_process_p50_us']:.1f} / {c['in_process_p99_us']:.1f} µs", ""),
-        ("small model via worker p50 / p99",
-         f"{c['cross_process_p50_us']:.1f} / {c['cross_process_p99_us']:.1f} µs",
-         f"adds {c['added_p50_us']:.1f} µs (target <= 100); {c['request_bytes']} B sent per run"),
+        (
+            "worker run, 64 MiB SharedTensor",
+            f"{z['worker_64MiB_us']:.1f} µs",
+            f"{z['worker_64MiB_us'] / z['worker_4KiB_us']:.2f}x the 4 KiB time",
+        ),
+        (
+            "small model in-process p50 / p99",
+            f"{c['in_process_p50_us']:.1f} / {c['in_process_p99_us']:.1f} µs",
+            "",
+        ),
+        (
+            "small model via worker p50 / p99",
+            f"{c['cross_process_p50_us']:.1f} / {c['cross_process_p99_us']:.1f} µs",
+            f"adds {c['added_p50_us']:.1f} µs (target <= 100); {c['request_bytes']} B sent per run",
+        ),
         ("Program.run, null engine", f"{s['program_run_us']:.1f} µs", ""),
-        ("Runtime.submit().result(), one at a time", f"{s['submit_result_us']:.1f} µs",
-         f"overhead {s['overhead_sequential_us']:.1f} µs/job (two thread hand-offs)"),
-        ("Runtime.submit(inline=True), engine idle", f"{s['submit_inline_us']:.1f} µs",
-         f"overhead {s['overhead_inline_us']:.1f} µs/job (no hand-off)"),
-        ("Runtime, 2000 jobs queued at once", f"{s['per_job_pipelined_us']:.1f} µs/job",
-         f"overhead {s['overhead_pipelined_us']:.1f} µs/job (target <= 50)"),
+        (
+            "Runtime.submit().result(), one at a time",
+            f"{s['submit_result_us']:.1f} µs",
+            f"overhead {s['overhead_sequential_us']:.1f} µs/job (two thread hand-offs)",
+        ),
+        (
+            "Runtime.submit(inline=True), engine idle",
+            f"{s['submit_inline_us']:.1f} µs",
+            f"overhead {s['overhead_inline_us']:.1f} µs/job (no hand-off)",
+        ),
+        (
+            "Runtime, 2000 jobs queued at once",
+            f"{s['per_job_pipelined_us']:.1f} µs/job",
+            f"overhead {s['overhead_pipelined_us']:.1f} µs/job (target <= 50)",
+        ),
     ]
     for label, key in (("without batching", "without"), ("with dynamic batching", "with")):
         r = b[key]
         extra = f", mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else ""
-        rows.append((
-            f"steady load {r['offered_per_s']:.0f}/s, {label}",
-            f"{r['throughput_per_s']:.0f} jobs/s",
-            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, rejected {r['rejected']}"
-            + extra,
-        ))
+        rows.append(
+            (
+                f"steady load {r['offered_per_s']:.0f}/s, {label}",
+                f"{r['throughput_per_s']:.0f} jobs/s",
+                f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, rejected {r['rejected']}"
+                + extra,
+            )
+        )
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'measurement':<{width}} | result | note |", f"|{'-' * (width + 2)}|---|---|"]
     lines += [f"| {a:<{width}} | {v} | {n} |" for a, v, n in rows]
@@ -324,8 +368,10 @@ def write_results(results: dict[str, Any], text: str) -> None:
     baselines.mkdir(parents=True, exist_ok=True)
     (baselines / "io.json").write_text(json.dumps(results, indent=2) + "\n")
     path = ROOT / "bench" / "RESULTS.md"
-    body = (f"{SECTION}\n\n`python bench/io.py` on {results['machine']} "
-            f"({results['date']}); null engine where only I/O is timed.\n\n{text}\n")
+    body = (
+        f"{SECTION}\n\n`python bench/io.py` on {results['machine']} "
+        f"({results['date']}); null engine where only I/O is timed.\n\n{text}\n"
+    )
     current = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(current):

@@ -67,11 +67,20 @@ class NativePart:
         self._direct = [name for name in code.outputs if name in produced]
 
     def _bind(
-        self, slot: int, array: np.ndarray, dtype: np.dtype, spec: PackSpec | None = None
+        self,
+        slot: int,
+        array: np.ndarray,
+        dtype: np.dtype,
+        spec: PackSpec | None = None,
+        *,
+        in_place: bool = False,
     ) -> None:
         self._seen[slot] = array
         if spec is not None:
-            array = spec.pack(array)
+            # in_place re-packs into the slot's previous panels: no allocation (page faults
+            # dominate on large weights). Only safe while no run can be reading them, i.e.
+            # under the program's weight write lock (weights_changed).
+            array = spec.pack(array, out=self._bound.get(slot) if in_place else None)
         if array.dtype != dtype or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=dtype)
         self._bound[slot] = array
@@ -87,7 +96,7 @@ class NativePart:
         changed = set(names)
         for slot, name, dtype, spec in self._params:
             if name in changed and slot in self._seen:
-                self._bind(slot, self._seen[slot], dtype, spec)  # type: ignore[arg-type]
+                self._bind(slot, self._seen[slot], dtype, spec, in_place=True)  # type: ignore[arg-type]
 
     def attach(self, library: Path) -> None:
         handle = cache.load(library)

@@ -37,10 +37,14 @@ class PackSpec:
     kind: str  # "conv"
     groups: int = 1
 
-    def pack(self, array: np.ndarray) -> np.ndarray:
-        """The packed form of ``array`` (the source weight's current value)."""
+    def pack(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The packed form of ``array`` (the source weight's current value).
+
+        With ``out`` (the slot's previous packed array, same source shape) the panels are
+        rewritten in place: no allocation, one pass — what a weight update wants.
+        """
         if self.kind == "conv":
-            return pack_conv(array, self.groups)
+            return pack_conv(array, self.groups, out)
         raise ValueError(f"unknown packing {self.kind!r}")
 
 
@@ -52,18 +56,29 @@ def conv_packed_size(shape: tuple[int, ...], groups: int) -> int:
     return groups * (-(-og // MR)) * MR * k
 
 
-def pack_conv(w: np.ndarray, groups: int) -> np.ndarray:
-    """``w`` ``[O, C/G, *kernel]`` as per-group ``[panels][K][MR]`` panels, flat float32."""
+def pack_conv(w: np.ndarray, groups: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``w`` ``[O, C/G, *kernel]`` as per-group ``[panels][K][MR]`` panels, flat float32.
+
+    ``out``, when given, must be a previous result for a weight of the same shape: its
+    panels are overwritten in place (its zero padding rows stay zero).
+    """
     w = np.asarray(w, np.float32)
     o = w.shape[0]
     og = o // groups
     k = int(np.prod(w.shape[1:]))
     panels = -(-og // MR)
-    out = np.zeros((groups, panels * MR, k), np.float32)
-    out[:, :og, :] = w.reshape(groups, og, k)
-    # [G, panels, MR, K] -> [G, panels, K, MR]
-    packed = out.reshape(groups, panels, MR, k).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(packed).reshape(-1)
+    size = groups * panels * MR * k
+    if out is None or out.size != size or out.dtype != np.float32:
+        out = np.zeros(size, np.float32)
+    dst = out.reshape(groups, panels, k, MR)
+    src = w.reshape(groups, og, k)
+    full = og // MR
+    # Full panels: [G, full, MR, K] -> [G, full, K, MR] in one strided copy.
+    dst[:, :full] = src[:, : full * MR].reshape(groups, full, MR, k).transpose(0, 1, 3, 2)
+    rest = og - full * MR
+    if rest:  # the last, partial panel: rows beyond og stay zero
+        dst[:, full, :, :rest] = src[:, full * MR :].transpose(0, 2, 1)
+    return out
 
 
 __all__ = ["MR", "NR", "PackSpec", "conv_packed_size", "pack_conv"]
