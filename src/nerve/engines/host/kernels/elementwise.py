@@ -118,19 +118,41 @@ def erf(x: np.ndarray) -> np.ndarray:
 # ---- arithmetic -------------------------------------------------------------------------------
 
 
-@kernel("Add")
-def add(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.add(a, b)
+# Ops that are exactly one numpy ufunc over their (broadcast) inputs, for every dtype the
+# ONNX spec allows: registered from this table rather than written out one by one.
+_UFUNC_OPS: dict[str, Callable[..., np.ndarray]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Abs": np.abs,
+    "Sign": np.sign,
+    "BitwiseAnd": np.bitwise_and,
+    "BitwiseOr": np.bitwise_or,
+    "BitwiseXor": np.bitwise_xor,
+    "BitwiseNot": np.invert,
+    "Equal": np.equal,  # object (string) arrays compare by value
+    "Less": np.less,
+    "LessOrEqual": np.less_equal,
+    "Greater": np.greater,
+    "GreaterOrEqual": np.greater_equal,
+    "And": np.logical_and,
+    "Or": np.logical_or,
+    "Xor": np.logical_xor,
+    "Not": np.logical_not,
+}
 
 
-@kernel("Sub")
-def sub(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.subtract(a, b)
+def _register_ufunc(op_type: str, ufunc: Callable[..., np.ndarray]) -> None:
+    def run(node: Node, *inputs: np.ndarray) -> np.ndarray:
+        return ufunc(*inputs)
+
+    run.__name__ = run.__qualname__ = op_type.lower()
+    kernel(op_type)(run)
 
 
-@kernel("Mul")
-def mul(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.multiply(a, b)
+for _op, _ufunc in _UFUNC_OPS.items():
+    _register_ufunc(_op, _ufunc)
+del _op, _ufunc
 
 
 @kernel("Div")
@@ -196,16 +218,6 @@ def _integer_power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 @_float_math
 def neg(node: Node, x: np.ndarray) -> np.ndarray:
     return np.negative(x)
-
-
-@kernel("Abs")
-def abs_(node: Node, x: np.ndarray) -> np.ndarray:
-    return np.abs(x)
-
-
-@kernel("Sign")
-def sign(node: Node, x: np.ndarray) -> np.ndarray:
-    return np.sign(x)
 
 
 @kernel("Max")
@@ -426,72 +438,7 @@ def bit_shift(node: Node, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(in_range, shifted, fill).astype(x.dtype, copy=False)
 
 
-@kernel("BitwiseAnd")
-def bitwise_and(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_and(a, b)
-
-
-@kernel("BitwiseOr")
-def bitwise_or(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_or(a, b)
-
-
-@kernel("BitwiseXor")
-def bitwise_xor(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_xor(a, b)
-
-
-@kernel("BitwiseNot")
-def bitwise_not(node: Node, x: np.ndarray) -> np.ndarray:
-    return np.invert(x)
-
-
-# ---- comparison and logic ---------------------------------------------------------------------
-
-
-@kernel("Equal")
-def equal(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.equal(a, b)  # object (string) arrays compare by value
-
-
-@kernel("Less")
-def less(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.less(a, b)
-
-
-@kernel("LessOrEqual")
-def less_or_equal(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.less_equal(a, b)
-
-
-@kernel("Greater")
-def greater(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.greater(a, b)
-
-
-@kernel("GreaterOrEqual")
-def greater_or_equal(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.greater_equal(a, b)
-
-
-@kernel("And")
-def and_(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.logical_and(a, b)
-
-
-@kernel("Or")
-def or_(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.logical_or(a, b)
-
-
-@kernel("Xor")
-def xor(node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.logical_xor(a, b)
-
-
-@kernel("Not")
-def not_(node: Node, x: np.ndarray) -> np.ndarray:
-    return np.logical_not(x)
+# ---- selection ------------------------------------------------------------------------------
 
 
 @kernel("Where")
