@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -349,22 +348,14 @@ def verdict(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], text: str, notes: str) -> None:
-    baselines = ROOT / "bench" / "baselines"
-    baselines.mkdir(parents=True, exist_ok=True)
-    (baselines / "delta.json").write_text(json.dumps(results, indent=2) + "\n")
-    path = ROOT / "bench" / "RESULTS.md"
-    body = (
+    from _results import write_baseline, write_section  # bench/_results.py
+
+    write_baseline("delta", results)
+    write_section(SECTION, (
         f"{SECTION}\n\n`python bench/delta.py` on {results['machine']} ({results['date']}), "
         f"target `{results['target']}`, random weights.\n\n{text}\n\n{verdict(results)}"
         f"\n\n{notes}\n"
-    )
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: body + "\n", current).rstrip() + "\n"
-    else:
-        updated = current.rstrip() + "\n\n" + body
-    path.write_text(updated)
+    ))
 
 
 NOTES = """How to read it: a cold compile and a warm load both start from the imported model (the

@@ -26,10 +26,8 @@ small tensors; zero-copy 64 MiB adds no time proportional to its size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -364,22 +362,13 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], text: str) -> None:
-    baselines = ROOT / "bench" / "baselines"
-    baselines.mkdir(parents=True, exist_ok=True)
-    (baselines / "io.json").write_text(json.dumps(results, indent=2) + "\n")
-    path = ROOT / "bench" / "RESULTS.md"
-    body = (
+    from _results import write_baseline, write_section  # bench/_results.py
+
+    write_baseline("io", results)
+    write_section(SECTION, (
         f"{SECTION}\n\n`python bench/io.py` on {results['machine']} "
         f"({results['date']}); null engine where only I/O is timed.\n\n{text}\n"
-    )
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: body + "\n", current).rstrip() + "\n"
-    else:
-        updated = current.rstrip() + "\n\n" + body
-    path.write_text(updated)
-
+    ))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -174,15 +174,9 @@ def _section(models: dict[str, Any], machine: dict[str, Any], settings: dict[str
 def _write_section(
     models: dict[str, Any], machine: dict[str, Any], settings: dict[str, Any]
 ) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\n"
-    new = _section(models, machine, settings)
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + new
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + new + ("\n" + text[end + 1 :] if end >= 0 else "")
-    RESULTS.write_text(text)
+    from _results import write_section  # bench/_results.py
+
+    write_section(SECTION, _section(models, machine, settings), RESULTS)
 
 
 # ---- machine description ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import onnx
 
+from nerve.compiler.targets import TARGETS
 from nerve.errors import ShapeError, UnboundDimensionError
 from nerve.frontend.onnx import ShapeSpec, load_onnx
 from nerve.frontend.onnx.loader import read_model
@@ -26,6 +27,14 @@ def add_shape_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shape", action="append", default=[], metavar="NAME=DIMS", help=SHAPE_HELP
     )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, target_help: str) -> None:
+    """The positional model path, ``--target`` (a built-in target, default host) and
+    ``--shape``: the arguments of the subcommands that compile a model file."""
+    parser.add_argument("model", help="path of an ONNX model")
+    parser.add_argument("--target", default="host", choices=sorted(TARGETS), help=target_help)
+    add_shape_argument(parser)
 
 
 def parse_shapes(

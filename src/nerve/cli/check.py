@@ -10,8 +10,7 @@ import argparse
 from typing import Any
 
 from nerve.cli import _output as out
-from nerve.cli._args import add_shape_argument, load_model
-from nerve.compiler.targets import TARGETS
+from nerve.cli._args import add_model_arguments, load_model
 from nerve.runtime.compile import check_graph_with_host
 
 
@@ -23,10 +22,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "violation grouped by class, with node names and fixes. Exit status 1 when any "
         "error remains.",
     )
-    parser.add_argument("model", help="path of an ONNX model")
-    parser.add_argument("--target", default="host", choices=sorted(TARGETS),
-                        help="target to check against (default host)")
-    add_shape_argument(parser)
+    add_model_arguments(parser, target_help="target to check against (default host)")
     parser.add_argument("--fix", action="store_true",
                         help="repair the fixable violations first and list what remains")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nerve.cli import _output as out
-from nerve.cli._args import add_shape_argument, load_model
+from nerve.cli._args import add_model_arguments, load_model
 from nerve.compiler import PASS_NAMES
 from nerve.compiler import compile as compile_plan
-from nerve.compiler.targets import TARGETS
 from nerve.engines.host import evaluate
 from nerve.ir import Graph, format_graph
 
@@ -35,10 +34,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "report: per pass its time, nodes in/out and rewrites; the scratch arena against the "
         "sum of all intermediates.",
     )
-    parser.add_argument("model", help="path of an ONNX model")
-    parser.add_argument("--target", default="host", choices=sorted(TARGETS),
-                        help="compilation target (default host)")
-    add_shape_argument(parser)
+    add_model_arguments(parser, target_help="compilation target (default host)")
     parser.add_argument("--report", action="store_true",
                         help="print the full compile report (default: a one-line summary)")
     parser.add_argument("--dump-ir", metavar="PASS", choices=PASS_NAMES, action="append",

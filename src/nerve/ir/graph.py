@@ -14,7 +14,7 @@ Three kinds of named tensors feed nodes besides node outputs:
 >>> g = Graph("tiny")
 >>> g.add_input("x", TensorType(DType.FLOAT32, (2, 3)))
 >>> g.add_param("w", np.ones((3, 4), np.float32))
->>> g.add_node(Node("MatMul", ["x", "w"], ["y"]), {"y": TensorType(DType.FLOAT32, (2, 4))})
+>>> _ = g.add_node(Node("MatMul", ["x", "w"], ["y"]), {"y": TensorType(DType.FLOAT32, (2, 4))})
 >>> g.set_outputs(["y"])
 >>> [n.op_type for n in g.nodes], list(g.params)
 (['MatMul'], ['w'])
@@ -23,7 +23,7 @@ Three kinds of named tensors feed nodes besides node outputs:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,15 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node({self.qualified_op} {self.name!r}: {self.inputs} -> {self.outputs})"
+
+
+def _unused_name(base: str, taken: Container[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first that is not ``taken``."""
+    candidate, i = base, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{base}_{i}"
+    return candidate
 
 
 class Graph:
@@ -152,18 +161,10 @@ class Graph:
         self.types[name] = type_
 
     def unique_node_name(self, base: str) -> str:
-        candidate, i = base, 0
-        while candidate in self._node_names:
-            i += 1
-            candidate = f"{base}_{i}"
-        return candidate
+        return _unused_name(base, self._node_names)
 
     def unique_value_name(self, base: str) -> str:
-        candidate, i = base, 0
-        while candidate in self.types:
-            i += 1
-            candidate = f"{base}_{i}"
-        return candidate
+        return _unused_name(base, self.types)
 
     # ---- queries --------------------------------------------------------------------------
     def value(self, name: str) -> Value:

@@ -1,12 +1,13 @@
-"""Helpers the ANE restriction modules share: op tests, tensor sizes, host-placing fixers."""
+"""Helpers the ANE restriction modules share: op tests, tensor sizes, host-placing fixers,
+the per-node diagnostic loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from nerve.compiler.context import PassContext
 from nerve.compiler.passes import decompose
-from nerve.compiler.restrictions import CheckContext
+from nerve.compiler.restrictions import CheckContext, Diagnostic, Restriction
 from nerve.ir import Graph, Node
 
 
@@ -40,3 +41,16 @@ def model_io(ctx: CheckContext) -> list[str]:
     return list(dict.fromkeys(
         n for p in ctx.programs for n in (*p.inputs, *p.outputs) if n in model
     ))
+
+
+def flag_nodes(
+    ctx: CheckContext,
+    r: Restriction,
+    predicate: Callable[[Node, Graph], bool],
+    message: str | Callable[[Node], str],
+) -> Iterator[Diagnostic]:
+    """A diagnostic of ``r`` naming each target node ``predicate`` accepts; ``message`` is
+    the text, or a function of the node that gives it."""
+    for node in ctx.target_nodes():
+        if predicate(node, ctx.graph):
+            yield r.diagnose(message if isinstance(message, str) else message(node), node=node)

@@ -4,6 +4,7 @@ ordered and shaped ([1, C, 1, S])."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 from nerve.compiler.catalog.ane.common import model_io, nbytes
 from nerve.compiler.restrictions import (
@@ -26,6 +27,21 @@ def _sizes(ctx: CheckContext, names: list[str]) -> str:
     return ", ".join(f"{n}: {nbytes(ctx, n):,} B" for n in names[:6])
 
 
+Side = Literal["inputs", "outputs"]
+
+
+def _surfaces(ctx: CheckContext, side: Side) -> Iterator[list[str]]:
+    """Each program's input or output surface names."""
+    for p in ctx.programs:
+        yield p.inputs if side == "inputs" else p.outputs
+
+
+def _uneven_sizes(ctx: CheckContext, r: Restriction, side: Side) -> Iterator[Diagnostic]:
+    for names in _surfaces(ctx, side):
+        if _sizes_differ(ctx, names):
+            yield r.diagnose(f"{side} of different sizes ({_sizes(ctx, names)})", tensor=names[0])
+
+
 @restriction(
     "ane", "ANE-R02", MEMORY_LAYOUT, WARNING, "output surfaces must all have the same size",
     fix="allocate every output surface at the largest output's size (nerve's ANE binding pads)",
@@ -34,10 +50,7 @@ def uniform_outputs(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #2 (§4.1 [P*][R]): a multi-output program whose output surfaces differ in
     allocation size fails at eval with status 0x1d; Orion pads by hand (§3.4 [C],
     pass_uniform_outputs.c)."""
-    for p in ctx.programs:
-        if _sizes_differ(ctx, p.outputs):
-            yield r.diagnose(f"outputs of different sizes ({_sizes(ctx, p.outputs)})",
-                             tensor=p.outputs[0])
+    yield from _uneven_sizes(ctx, r, "outputs")
 
 
 @restriction(
@@ -47,10 +60,7 @@ def uniform_outputs(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
 def uniform_inputs(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #18 (§4.1 [P*], found with LoRA inputs, §9): multi-input programs need input
     surfaces of identical allocation size, else eval fails with status 0x1d."""
-    for p in ctx.programs:
-        if _sizes_differ(ctx, p.inputs):
-            yield r.diagnose(f"inputs of different sizes ({_sizes(ctx, p.inputs)})",
-                             tensor=p.inputs[0])
+    yield from _uneven_sizes(ctx, r, "inputs")
 
 
 @restriction(
@@ -72,6 +82,12 @@ def _unsorted(names: list[str]) -> bool:
     return len(names) > 1 and names != sorted(names)
 
 
+def _out_of_order(ctx: CheckContext, r: Restriction, side: Side) -> Iterator[Diagnostic]:
+    for names in _surfaces(ctx, side):
+        if _unsorted(names):
+            yield r.diagnose(f"{side} {names[:6]} are not in alphabetical order", tensor=names[0])
+
+
 @restriction(
     "ane", "ANE-R03", MEMORY_LAYOUT, WARNING, "outputs bind in alphabetical order",
     fix="bind output surfaces in sorted-name order (nerve's ANE binding does), or rename "
@@ -80,10 +96,7 @@ def _unsorted(names: list[str]) -> bool:
 def output_order(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #3 (§4.1 [P*][R]): output surfaces bind in the alphabetical order of the MIL
     variable names, not the return-tuple order — silent wrong data (§3.4 validator [C])."""
-    for p in ctx.programs:
-        if _unsorted(p.outputs):
-            yield r.diagnose(f"outputs {p.outputs[:6]} are not in alphabetical order",
-                             tensor=p.outputs[0])
+    yield from _out_of_order(ctx, r, "outputs")
 
 
 @restriction(
@@ -93,10 +106,7 @@ def output_order(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
 def input_order(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #19 (§4.1 [P*], §9): input surfaces bind alphabetically by MIL parameter name;
     only 1 of 6 permutations of Orion's LoRA inputs gave correct results."""
-    for p in ctx.programs:
-        if _unsorted(p.inputs):
-            yield r.diagnose(f"inputs {p.inputs[:6]} are not in alphabetical order",
-                             tensor=p.inputs[0])
+    yield from _out_of_order(ctx, r, "inputs")
 
 
 @restriction(

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from nerve.compiler.catalog.ane.common import is_op, model_io
-from nerve.compiler.context import PassContext
 from nerve.compiler.passes import decompose
 from nerve.compiler.restrictions import (
     ERROR,
@@ -20,17 +19,13 @@ from nerve.compiler.restrictions import (
     Restriction,
     restriction,
 )
-from nerve.ir import DType, Graph
-
-
-def _causal_fixer(graph: Graph, ctx: PassContext) -> int:
-    return decompose.causal_attention_to_primitives(graph, ctx)
+from nerve.ir import DType
 
 
 @restriction(
     "ane", "ANE-R06", NUMERICAL, ERROR, "the fused attention op ignores its causal mask",
     fix="write attention out: MatMul -> scale -> + causal mask constant -> Softmax -> MatMul",
-    fixer=_causal_fixer,
+    fixer=decompose.causal_attention_to_primitives,
 )
 def causal_sdpa(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #6 (§4.1 [P*], prior work): the ANE's scaled-dot-product-attention op ignores
@@ -76,14 +71,10 @@ def fp16(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
                              tensor=name)
 
 
-def _mask_fixer(graph: Graph, ctx: PassContext) -> int:
-    return decompose.clamp_masks(graph, ctx)
-
-
 @restriction(
     "ane", "ANE-R22", NUMERICAL, ERROR, "masks of -inf overflow fp16",
     fix="use -1e4 for masked positions (clamped automatically with --fix)",
-    fixer=_mask_fixer,
+    fixer=decompose.clamp_masks,
 )
 def infinite_mask(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """§4.3 [R][C]: Orion's additive masks use -1e4, not -inf (its causal masks are 0/-1e4

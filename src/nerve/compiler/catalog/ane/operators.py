@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from nerve.compiler.catalog.ane.common import host_fixer, is_op, producer_of
+from nerve.compiler.catalog.ane.common import flag_nodes, host_fixer, is_op, producer_of
 from nerve.compiler.context import PassContext
 from nerve.compiler.passes import decompose
 from nerve.compiler.restrictions import (
@@ -42,20 +42,14 @@ def concat(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #1 (§4.1 [P*][R]): MIL ``concat`` makes ``ANECCompile()`` fail; Orion's IR names
     the op ``concat_BANNED`` and its validator rejects it (§3.3, §3.4 [C]). Workaround used by
     Orion: multi-output programs and host-side assembly (§2.2)."""
-    for node in ctx.target_nodes():
-        if _concat(node, ctx.graph):
-            yield r.diagnose("Concat makes the ANE compiler fail (ANECCompile() FAILED)",
-                             node=node)
-
-
-def _conv_bias_fixer(graph: Graph, ctx: PassContext) -> int:
-    return decompose.split_conv_bias(graph, ctx)
+    yield from flag_nodes(ctx, r, _concat,
+                          "Concat makes the ANE compiler fail (ANECCompile() FAILED)")
 
 
 @restriction(
     "ane", "ANE-R08", OPERATOR_SUPPORT, ERROR, "conv takes no bias",
     fix="add the bias with a separate Add after the Conv",
-    fixer=_conv_bias_fixer,
+    fixer=decompose.split_conv_bias,
 )
 def conv_bias(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #13 (§4.1, README [R]): the MIL ``conv`` op rejects ``bias=``; Orion's conv-bias
@@ -113,21 +107,15 @@ def _rsqrt(node: Node, graph: Graph) -> bool:
     return producer is not None and is_op(producer, "Sqrt")
 
 
-def _rsqrt_fixer(graph: Graph, ctx: PassContext) -> int:
-    return decompose.rsqrt_to_pow(graph, ctx)
-
-
 @restriction(
     "ane", "ANE-R12", OPERATOR_SUPPORT, ERROR, "rsqrt fails to compile",
-    fix="use pow(v, -0.5) instead of 1/sqrt(v)", fixer=_rsqrt_fixer,
+    fix="use pow(v, -0.5) instead of 1/sqrt(v)", fixer=decompose.rsqrt_to_pow,
 )
 def rsqrt(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """§4.2 [3P] (community report on the Orion repository, M4 Max, reproduced on M4): MIL
     ``rsqrt`` fails to compile; Orion's norms use ``pow(x, -0.5)`` (§3.2 [C])."""
-    for node in ctx.target_nodes():
-        if _rsqrt(node, ctx.graph):
-            yield r.diagnose("Reciprocal(Sqrt(v)) lowers to rsqrt, which fails to compile",
-                             node=node)
+    yield from flag_nodes(ctx, r, _rsqrt,
+                          "Reciprocal(Sqrt(v)) lowers to rsqrt, which fails to compile")
 
 
 _OPS = ane.target().ops or {}
@@ -160,9 +148,8 @@ def op_set(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     softmax, exp, pow, reduce_sum/mean/max, neg, sqrt, split, pad, slice, identity (+ input,
     const). §10.5 [P*]: ``gather`` is not in MIL (embedding lookups stay on the CPU); §3.5
     [C]: other ops emit a comment — an invalid program."""
-    for node in ctx.target_nodes():
-        if _unsupported(node, ctx.graph):
-            yield r.diagnose(f"{node.qualified_op} is not in the ANE's op set", node=node)
+    yield from flag_nodes(ctx, r, _unsupported,
+                          lambda node: f"{node.qualified_op} is not in the ANE's op set")
 
 
 def _bad_dtype(node: Node, graph: Graph) -> str | None:
@@ -201,6 +188,4 @@ def linear_as_conv(ctx: CheckContext, r: Restriction) -> Iterator[Diagnostic]:
     """Paper #17 (§4.1 [P], prior work; §10.2): a 1x1 conv is ~3x faster than the equivalent
     matmul; Orion emits every Linear as conv1x1 (§3.2 [C]). Independent measurements give
     1.4-2.2x, shape-dependent (§10.6 [3P])."""
-    for node in ctx.target_nodes():
-        if _linear(node, ctx.graph):
-            yield r.diagnose("a linear with a weight operand: emit it as a 1x1 conv", node=node)
+    yield from flag_nodes(ctx, r, _linear, "a linear with a weight operand: emit it as a 1x1 conv")
