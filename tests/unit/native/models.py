@@ -228,8 +228,8 @@ def conv_bn_residual(rng: np.random.Generator) -> Case:
 
 # The packed-panel kernel (nk_packed.c): 8-row weight panels, 48-pixel tiles, K blocks of
 # up to 256. These cases hit the tails of each: rows (O % 8), pixels (P % 48 and P < 16),
-# several K blocks with a fused epilogue, channel chunks sharing one packed input
-# (few pixels, many channels, 2 threads), groups whose last panel is padded, and batches.
+# several K blocks with a fused epilogue, channel chunks over one input (few pixels, many
+# channels, 2 threads), groups whose last panel is padded, and batches.
 
 
 @case
@@ -241,7 +241,7 @@ def packed_tails_multi_kblock(rng: np.random.Generator) -> Case:
 
 @case
 def packed_shared_input_threads(rng: np.random.Generator) -> Case:
-    # P = 3 * 3 = 9 pixels, O = 70: channel chunks over one shared packed input.
+    # P = 3 * 3 = 9 pixels, O = 70: channel chunks over one input (stride-2 phase planes).
     return _conv_case("packed_shared_input_threads", rng, (2, 40, 5, 5), (70, 40, 3, 3),
                       [node("Sigmoid", ["c"])], strides=[2, 2], pads=[1, 1, 1, 1],
                       options={"threads": 2})  # fmt: skip
@@ -267,6 +267,111 @@ def packed_pointwise_wide(rng: np.random.Generator) -> Case:
     # 1x1 over 60 x 50 pixels (63 tiles: several pixel chunks on 2 threads), K = 300.
     return _conv_case("packed_pointwise_wide", rng, (1, 300, 60, 50), (17, 300, 1, 1),
                       options={"threads": 2})  # fmt: skip
+
+
+# The direct conv path reads B in place from phase planes (one per stride phase, padded); the
+# cases below hit each layout: the input itself (stride 1, unpadded, incl. a valid 3x3),
+# stride-2 phases of a 7x7 stem, 1x1 stride 2, dilation with stride, and staged tiles whose
+# dropped columns cross tile and chunk boundaries with a fused epilogue on 2 threads.
+
+
+@case
+def direct_valid_3x3_in_place(rng: np.random.Generator) -> Case:
+    return _conv_case("direct_valid_3x3_in_place", rng, (1, 7, 12, 53), (11, 7, 3, 3),
+                      [node("Relu", ["c"])], options={"threads": 2})  # fmt: skip
+
+
+@case
+def direct_stem_7x7_s2(rng: np.random.Generator) -> Case:
+    return _conv_case("direct_stem_7x7_s2", rng, (1, 3, 37, 41), (10, 3, 7, 7),
+                      strides=[2, 2], pads=[3, 3, 3, 3], options={"threads": 2})  # fmt: skip
+
+
+@case
+def direct_pointwise_s2(rng: np.random.Generator) -> Case:
+    return _conv_case("direct_pointwise_s2", rng, (2, 12, 15, 13), (9, 12, 1, 1),
+                      strides=[2, 2], bias=False)  # fmt: skip
+
+
+@case
+def direct_dilated_strided_pad_end(rng: np.random.Generator) -> Case:
+    return _conv_case("direct_dilated_strided_pad_end", rng, (1, 5, 19, 17), (6, 5, 3, 3),
+                      strides=[2, 3], dilations=[2, 2], pads=[0, 2, 3, 1])  # fmt: skip
+
+
+@case
+def direct_staged_many_channels(rng: np.random.Generator) -> Case:
+    # 28 x 28, 3x3 pad 1: padded rows of 30, tiles straddle rows; 300 channels in K blocks.
+    return _conv_case("direct_staged_many_channels", rng, (1, 300, 28, 28), (21, 300, 3, 3),
+                      [node("Sigmoid", ["c"])], pads=[1, 1, 1, 1],
+                      options={"threads": 2})  # fmt: skip
+
+
+@case
+def depthwise_small_planes_epilogue_runs(rng: np.random.Generator) -> Case:
+    # 2 images x 40 channels of 5x6 planes on 2 threads: one epilogue call covers a run of
+    # planes, and runs must split at the image boundary.
+    return _conv_case("depthwise_small_planes_epilogue_runs", rng, (2, 40, 5, 6), (40, 1, 3, 3),
+                      [node("Sigmoid", ["c"])], group=40, pads=[1, 1, 1, 1],
+                      options={"threads": 2})  # fmt: skip
+
+
+# Products with a constant B on the packed-panel kernel (few rows, or K >= 2N): row tails
+# (M % 8), column tails (N % 48), several K blocks, a bias + activation epilogue, Gemm's
+# transB, and a batch folded into rows.
+
+
+@case
+def packed_matmul_tails_epilogue(rng: np.random.Generator) -> Case:
+    f = {"x": rand(rng, 21, 300)}
+    w = {"w": rand(rng, 300, 100, scale=0.1), "b": rand(rng, 100)}
+    nodes = [node("MatMul", ["x", "w"], "m"), node("Add", ["m", "b"], "a"), node("Relu", ["a"])]
+    return Case("packed_matmul_tails_epilogue", make(nodes, f, ["y"], w), f, {"threads": 2},
+                rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@case
+def packed_gemm_trans_b(rng: np.random.Generator) -> Case:
+    f = {"x": rand(rng, 70, 130)}
+    w = {"w": rand(rng, 50, 130, scale=0.1), "c": rand(rng, 50)}
+    nodes = [node("Gemm", ["x", "w", "c"], transB=1, beta=0.5)]
+    return Case("packed_gemm_trans_b", make(nodes, f, ["y"], w), f, {"threads": 2},
+                rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@case
+def packed_matmul_batch_folded(rng: np.random.Generator) -> Case:
+    f = {"x": rand(rng, 2, 9, 40)}
+    w = {"w": rand(rng, 40, 17)}
+    return Case("packed_matmul_batch_folded", make([node("MatMul", ["x", "w"])], f, ["y"], w), f,
+                rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@case
+def packed_gemv_rows(rng: np.random.Generator) -> Case:
+    # 1 and 3 rows stream the packed tiles (odd K, N = 2 tiles + 5), with bias and Relu fused.
+    f = {"x": rand(rng, 1, 301), "x3": rand(rng, 3, 301)}
+    w = {"w": rand(rng, 301, 101, scale=0.1), "b": rand(rng, 101)}
+    nodes = [
+        node("Gemm", ["x", "w", "b"], "g"), node("Relu", ["g"], "y"),
+        node("MatMul", ["x3", "w"], "y3"),
+    ]  # fmt: skip
+    return Case("packed_gemv_rows", make(nodes, f, ["y", "y3"], w), f, {"threads": 2},
+                rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@case
+def depthwise_masked_rows_s2_asymmetric(rng: np.random.Generator) -> Case:
+    # Rows wider than a vector (37, odd), stride 2 with asymmetric padding: the taps read the
+    # unpadded plane through lane masks at both borders.
+    return _conv_case("depthwise_masked_rows_s2_asymmetric", rng, (1, 6, 19, 37), (6, 1, 3, 3),
+                      group=6, strides=[2, 2], pads=[1, 0, 0, 2])  # fmt: skip
+
+
+@case
+def depthwise_masked_rows_s1_wide_pads(rng: np.random.Generator) -> Case:
+    return _conv_case("depthwise_masked_rows_s1_wide_pads", rng, (1, 4, 9, 33), (4, 1, 3, 3),
+                      group=4, pads=[0, 2, 1, 1], options={"threads": 2})  # fmt: skip
 
 
 # ---- pooling, normalisation, reductions -------------------------------------------------------

@@ -240,3 +240,71 @@ def test_pack_conv_in_place_equals_a_fresh_pack(shape: tuple[int, ...], groups: 
     # padding rows of a partial panel still zero.
     assert repacked is previous
     np.testing.assert_array_equal(repacked, pack_conv(new, groups))
+
+
+def test_packed_matmul_weights_are_repacked_when_rebound() -> None:
+    """A product with a constant B (few rows) reads B packed into column tiles; a new weight
+    array is packed again, and an in-place update goes through weights_changed."""
+    rng = np.random.default_rng(7)
+    feeds = {"x": rand(rng, 20, 70)}
+    w = rand(rng, 70, 53)
+    model = make([node("MatMul", ["x", "w"])], feeds, ["y"], {"w": w})
+    graph, exe = _native_build(model)
+    assert any(s.kind == "matmul" for s in exe.code.packed.values())
+    name = next(iter(graph.weights))
+    env = {**graph.weights, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], feeds["x"] @ w, rtol=1e-5, atol=1e-4)
+    new = w * -2
+    env = {name: new, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], feeds["x"] @ new, rtol=1e-5, atol=1e-4)
+    new[:] = w  # in place: the part re-derives its packed tiles when told
+    exe.weights_changed([name])
+    env = {name: new, **feeds}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], feeds["x"] @ w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "trans"), [((70, 53), False), ((53, 70), True), ((5, 48), False)]
+)
+def test_pack_matmul_layout_and_in_place(shape: tuple[int, int], trans: bool) -> None:
+    from nerve.engines.native.packing import NR, matmul_packed_size, pack_matmul
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(shape).astype(np.float32)
+    b = w.T if trans else w
+    k, n = b.shape
+    packed = pack_matmul(w, trans)
+    assert packed.size == matmul_packed_size(k, n)
+    assert packed.ctypes.data % 64 == 0
+    tiles = packed.reshape(-1, k, NR)
+    np.testing.assert_array_equal(tiles[0, :, : min(n, NR)], b[:, :NR])
+    last = (tiles.shape[0] - 1) * NR
+    np.testing.assert_array_equal(tiles[-1, :, : n - last], b[:, last:])
+    assert not tiles[-1, :, n - last :].any()
+    new = rng.standard_normal(shape).astype(np.float32)
+    again = pack_matmul(new, trans, out=packed)
+    assert again is packed
+    np.testing.assert_array_equal(again, pack_matmul(new, trans))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 20])
+def test_portable_packed_matmul_without_avx512(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Built without AVX-512 flags, packed products (gemv rows and panels) run portably."""
+    import dataclasses
+
+    tc = find_toolchain()
+    assert tc is not None
+    plain = dataclasses.replace(tc, arch_flags=())
+    monkeypatch.setattr(native, "find_toolchain", lambda: plain)
+    rng = np.random.default_rng(13)
+    x = {"x": rand(rng, rows, 75)}
+    w = rand(rng, 75, 61)
+    model = make([node("MatMul", ["x", "w"], "m"), node("Relu", ["m"])], x, ["y"], {"w": w})
+    graph, exe = _native_build(model)
+    assert any(s.kind == "matmul" for s in exe.code.packed.values())
+    env = {**graph.weights, **x}
+    exe.run(env)
+    np.testing.assert_allclose(env["y"], np.maximum(x["x"] @ w, 0), rtol=1e-5, atol=1e-4)

@@ -34,8 +34,9 @@ class PackSpec:
     """How a packed slot derives from a weight: ``kind`` and its arguments."""
 
     source: str
-    kind: str  # "conv"
+    kind: str  # "conv" or "matmul"
     groups: int = 1
+    trans: bool = False  # matmul: the weight is stored [N, K] (Gemm transB)
 
     def pack(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The packed form of ``array`` (the source weight's current value).
@@ -45,6 +46,8 @@ class PackSpec:
         """
         if self.kind == "conv":
             return pack_conv(array, self.groups, out)
+        if self.kind == "matmul":
+            return pack_matmul(array, self.trans, out)
         raise ValueError(f"unknown packing {self.kind!r}")
 
 
@@ -81,4 +84,47 @@ def pack_conv(w: np.ndarray, groups: int, out: np.ndarray | None = None) -> np.n
     return out
 
 
-__all__ = ["MR", "NR", "PackSpec", "conv_packed_size", "pack_conv"]
+def _aligned_zeros(size: int) -> np.ndarray:
+    """Zeros starting on a cache line, so that no tile row straddles two."""
+    raw = np.zeros(size + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip : skip + size]
+
+
+def matmul_packed_size(k: int, n: int) -> int:
+    """Floats of a ``K x N`` matrix packed as ``NR``-column tiles."""
+    return -(-n // NR) * k * NR
+
+
+def pack_matmul(w: np.ndarray, trans: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """The right operand ``w`` (``[K, N]``, or ``[N, K]`` when ``trans``) of a product as
+    ``[tiles][K][NR]`` column tiles, flat float32; the last tile's columns past N are zero.
+
+    ``out``, when given, must be a previous result for a weight of the same shape: it is
+    overwritten in place (its zero columns stay zero).
+    """
+    b = np.asarray(w, np.float32)
+    if trans:
+        b = b.T
+    k, n = b.shape
+    tiles = -(-n // NR)
+    size = tiles * k * NR
+    if out is None or out.size != size or out.dtype != np.float32:
+        out = _aligned_zeros(size)
+    dst = out.reshape(tiles, k, NR)
+    full = n // NR
+    dst[:full] = b[:, : full * NR].reshape(k, full, NR).transpose(1, 0, 2)
+    if n > full * NR:
+        dst[full, :, : n - full * NR] = b[:, full * NR :]
+    return out
+
+
+__all__ = [
+    "MR",
+    "NR",
+    "PackSpec",
+    "conv_packed_size",
+    "matmul_packed_size",
+    "pack_conv",
+    "pack_matmul",
+]

@@ -136,9 +136,10 @@ class GemmStep(_WithEpilogue):
     n: int = 0
     k: int = 0
     alpha: float = 1.0
+    bpack: str = ""  # B (a weight) packed into column tiles: the packed-panel kernel runs
 
     def reads(self) -> list[str]:
-        return [self.a, self.b, *(o.name for o in self.chain.operands)]
+        return [self.a, self.bpack or self.b, *(o.name for o in self.chain.operands)]
 
     def writes(self) -> list[str]:
         return [self.out]
@@ -156,6 +157,13 @@ class GemmStep(_WithEpilogue):
             bo = "bo"
         lines += ["    " + s for s in self.epilogue_args(em)]
         ep, ea = self.epilogue(em)
+        if self.bpack:
+            lines.append(
+                f"    nk_matmul_packed(nt, {self.m}LL, {self.n}LL, {self.k}LL, {em.ptr(self.a)}, "
+                f"{em.ptr(self.bpack)}, {em.ptr(self.out)}, {ep}, {ea});"
+            )
+            lines.append("}")
+            return lines
         lines.append(
             f"    nk_matmul(nt, {self.batch}LL, {ao}, {bo}, {int(self.ta)}, {int(self.tb)}, "
             f"{self.m}LL, {self.n}LL, {self.k}LL, {lit(self.alpha)}, {em.ptr(self.a)}, "

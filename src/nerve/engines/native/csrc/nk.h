@@ -90,9 +90,15 @@ void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ld
 /* Floats of a convolution's packed weights: per group, ceil(O/G / NK_MR) panels [K][NK_MR]
  * with K = C/G * KH * KW (the last panel zero-padded). */
 int64_t nk_conv_packed_floats(const nk_conv *d);
-/* nk_conv2d over packed weights (any group count; im2col writes B tiles directly). */
+/* nk_conv2d over packed weights (any group count). No im2col: B rows are read in place from
+ * the input, or from per-channel stride-phase planes of its padded copy. */
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
                       const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+
+/* Y (M x N) = A (M x K, row-major) . B for a constant B packed once as [ceil(N / NK_NR)][K][NK_NR]
+ * column tiles (zero-padded); ep runs on each finished block (b = 0, m = row, n = column). */
+void nk_matmul_packed(int nt, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                      float *Y, nk_epilogue ep, const void *const *ep_args);
 
 /* ---- pooling (NCHW; NC = N * C planes) ---------------------------------------------------- */
 

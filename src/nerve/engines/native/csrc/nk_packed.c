@@ -3,13 +3,15 @@
  * Why our own: a convolution's GEMM is many small products against the same weights, and
  * OpenBLAS re-packs both operands on every call (for a 64-channel 3x3 conv tile, packing the
  * weights costs as much as the product). Here the weights are packed once, when the engine
- * binds them (see nerve/engines/native/packing.py), and im2col writes the input straight into
- * the panel layout the micro-kernel streams, so nothing is copied twice.
+ * binds them (see nerve/engines/native/packing.py), and the input is not packed at all: the
+ * convolution micro-kernel reads each B row in place from the input (or from a phase-split,
+ * padded copy of it) through a per-tap offset table, so there is no im2col.
  *
  * Layouts (MR = NK_MR rows, NR = NK_NR columns):
  * - A panels: rows [i*MR, i*MR + MR) of an M x K matrix stored k-major, [K][MR]; the last
  *   panel is zero-padded to MR rows.
- * - B tiles: columns [j*NR, j*NR + NR) of a K x N matrix stored [K][NR], zero-padded.
+ * - B tiles: columns [j*NR, j*NR + NR) of a K x N matrix stored [K][NR], zero-padded
+ *   (nk_ukernel), or rows read in place at b + offs[k] (the convolution's kernel).
  * The micro-kernel computes one MR x NR block: C (+)= A_panel . B_tile over a K block, keeping
  * MR x NR/16 accumulators in zmm registers (8 x 3 = 24 of the 32), broadcasting A and loading
  * B. It stores only the valid rows and columns (masked stores), so the padding never leaks.
@@ -35,7 +37,7 @@
         for (int64_t k = 0; k < kc; k++) {                                                        \
             __m512 bv[NV];                                                                        \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
-                bv[v] = _mm512_load_ps(b + k * NK_NR + 16 * v);                                   \
+                bv[v] = _mm512_loadu_ps(b + k * NK_NR + 16 * v);                                  \
             _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                             \
                 __m512 av = _mm512_set1_ps(a[k * NK_MR + i]);                                     \
                 _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                              \
@@ -63,6 +65,62 @@
 NK_UKERNEL(1)
 NK_UKERNEL(2)
 NK_UKERNEL(3)
+
+/* The same tile with B read in place: row k of the B tile is b + offs[k] (unaligned, masked to
+ * the nr valid columns so a tile at the end of a buffer never reads past it). */
+#define NK_UKERNEL_DIRECT(NV)                                                                     \
+    static void ukdirect_##NV(int64_t kc, const float *a, const float *b, const int64_t *offs,   \
+                              float *c, int64_t ldc, int mr, int nr, int accumulate,              \
+                              const float *bias) {                                                \
+        __m512 acc[NK_MR][NV];                                                                    \
+        __mmask16 mask[NV];                                                                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                    \
+            int left = nr - 16 * v;                                                               \
+            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
+                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
+            __m512 init = _mm512_set1_ps(bias && i < mr ? bias[i] : 0.0f);                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = init;                \
+        }                                                                                         \
+        for (int64_t k = 0; k < kc; k++) {                                                        \
+            const float *bk = b + offs[k];                                                        \
+            __m512 bv[NV];                                                                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
+                bv[v] = _mm512_maskz_loadu_ps(mask[v], bk + 16 * v);                              \
+            _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                             \
+                __m512 av = _mm512_set1_ps(a[k * NK_MR + i]);                                     \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                              \
+                    acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                            \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
+            if (i >= mr) break;                                                                   \
+            float *row = c + i * ldc;                                                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                \
+                __m512 r = acc[i][v];                                                             \
+                if (accumulate)                                                                   \
+                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));          \
+                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+NK_UKERNEL_DIRECT(1)
+NK_UKERNEL_DIRECT(2)
+NK_UKERNEL_DIRECT(3)
+
+static void ukernel_direct(int64_t kc, const float *a, const float *b, const int64_t *offs,
+                           float *c, int64_t ldc, int mr, int nr, int accumulate,
+                           const float *bias) {
+    int nv = (nr + 15) / 16;
+    if (nv >= 3)
+        ukdirect_3(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+    else if (nv == 2)
+        ukdirect_2(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+    else
+        ukdirect_1(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+}
 
 int nk_packed_isa(void) { return 512; }
 
@@ -93,6 +151,27 @@ void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ld
         for (int i = 0; i < NK_MR; i++) {
             float av = a[k * NK_MR + i];
             for (int j = 0; j < NK_NR; j++) acc[i][j] += av * bk[j];
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *row = c + i * ldc;
+        for (int j = 0; j < nr; j++) row[j] = accumulate ? row[j] + acc[i][j] : acc[i][j];
+    }
+}
+
+static void ukernel_direct(int64_t kc, const float *a, const float *b, const int64_t *offs,
+                           float *c, int64_t ldc, int mr, int nr, int accumulate,
+                           const float *bias) {
+    float acc[NK_MR][NK_NR];
+    for (int i = 0; i < NK_MR; i++) {
+        float init = bias && i < mr ? bias[i] : 0.0f;
+        for (int j = 0; j < NK_NR; j++) acc[i][j] = init;
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const float *bk = b + offs[k];
+        for (int i = 0; i < NK_MR; i++) {
+            float av = a[k * NK_MR + i];
+            for (int j = 0; j < nr; j++) acc[i][j] += av * bk[j];
         }
     }
     for (int i = 0; i < mr; i++) {
@@ -146,53 +225,16 @@ int64_t nk_conv_packed_floats(const nk_conv *d) {
     return G * ((Og + NK_MR - 1) / NK_MR) * NK_MR * K;
 }
 
-/* Rows [k0, k1) x output pixels [p0, p1) of one group's im2col matrix into dst[k - k0][ld]
- * (columns [p1 - p0, ld) zeroed). */
-static void im2col_tile(const nk_conv *d, const float *x, int64_t k0, int64_t k1, int64_t p0,
-                        int64_t p1, float *dst, int64_t ld) {
-    const int64_t H = d->H, W = d->W, OW = d->OW, pn = p1 - p0;
-    const int pointwise = d->KH == 1 && d->KW == 1 && d->SH == 1 && d->SW == 1 && d->PT == 0 &&
-                          d->PL == 0 && d->OW == W && d->OH == H;
-    for (int64_t k = k0; k < k1; k++) {
-        float *row = dst + (k - k0) * ld;
-        if (pn < ld) memset(row + pn, 0, (size_t)(ld - pn) * sizeof(float));
-        if (pointwise) {
-            memcpy(row, x + k * H * W + p0, (size_t)pn * sizeof(float));
-            continue;
-        }
-        int64_t kx = k % d->KW, ky = (k / d->KW) % d->KH, c = k / (d->KW * d->KH);
-        const float *plane = x + c * H * W;
-        int64_t p = p0;
-        while (p < p1) {
-            int64_t oy = p / OW, ox = p % OW;
-            int64_t run = OW - ox;
-            if (run > p1 - p) run = p1 - p;
-            int64_t iy = oy * d->SH - d->PT + ky * d->DH;
-            float *out = row + (p - p0);
-            if (iy < 0 || iy >= H) {
-                memset(out, 0, (size_t)run * sizeof(float));
-            } else {
-                /* Output columns j in [lo, hi) read inside the row; zeros around them. */
-                const float *src = plane + iy * W;
-                const int64_t SW = d->SW, ix0 = ox * SW - d->PL + kx * d->DW;
-                int64_t lo = ix0 >= 0 ? 0 : (-ix0 + SW - 1) / SW;
-                int64_t hi = ix0 < W ? (W - 1 - ix0) / SW + 1 : 0;
-                if (hi > run) hi = run;
-                if (lo > hi) lo = hi;
-                for (int64_t j = 0; j < lo; j++) out[j] = 0.0f;
-                if (SW == 1) {
-                    memcpy(out + lo, src + ix0 + lo, (size_t)(hi - lo) * sizeof(float));
-                } else if (SW == 2) {
-                    for (int64_t j = lo; j < hi; j++) out[j] = src[ix0 + 2 * j];
-                } else {
-                    for (int64_t j = lo; j < hi; j++) out[j] = src[ix0 + j * SW];
-                }
-                for (int64_t j = hi; j < run; j++) out[j] = 0.0f;
-            }
-            p += run;
-        }
-    }
-}
+/* The convolution reads its B tiles in place, never through an im2col copy.
+ *
+ * The input is rearranged once per call into per-channel *phase planes*: for strides SH x SW,
+ * plane (ry, rx) of channel c holds the zero-padded input at rows i*SH + ry - PT and columns
+ * j*SW + rx - PL, for i < PHh, j < PWh. In that layout the tap (c, ky, kx) of output pixel
+ * (oy, ox) sits at offs[k] + oy*PWh + ox, with offs[k] depending on the tap only. So over the
+ * "padded pixel space" q = oy*PWh + ox, row k of the GEMM's B matrix is the contiguous run
+ * src[offs[k] + q]: the micro-kernel loads it directly (columns ox >= OW are computed and
+ * dropped). A stride-1 unpadded convolution (every 1x1 stride-1 conv) uses the input itself.
+ * The copy costs about one pass over the input, where im2col wrote KH*KW of them. */
 
 typedef struct {
     const nk_conv *d;
@@ -200,97 +242,127 @@ typedef struct {
     float *y;
     nk_epilogue ep;
     const void *const *ep_args;
-    int64_t panels;   /* A panels per group */
-    int64_t ochunks;  /* panel chunks per group */
-    int64_t opanels;  /* panels per chunk */
-    int64_t pchunks;  /* pixel chunks per image */
-    int64_t ptiles;   /* B tiles per pixel chunk */
-    /* Shared B (channel chunks > 1): every tile of image n0's group g0 packed once, tile t at
-     * shared + t * K * NR as [K][NR], before the units run. */
-    float *shared;
-    int64_t n0, g0;
+    float *phases;         /* the phase planes (NULL: the input is read in place) */
+    const float *src;      /* phases, or x */
+    const int64_t *offs;   /* per tap k of one group: offset into the group's src */
+    int64_t PHh, PWh;      /* phase plane size */
+    int64_t plane;         /* floats per channel in src */
+    int64_t PP;            /* padded pixel space of one image: (OH - 1) * PWh + OW */
+    int64_t panels;        /* A panels per group */
+    int64_t ochunks;       /* panel chunks per group */
+    int64_t opanels;       /* panels per chunk */
+    int64_t pchunks;       /* pixel chunks per image */
+    int64_t ptiles;        /* B tiles per pixel chunk */
 } convp_job;
 
-/* Pack tiles [t0, t1) of the shared B matrix. */
-static void convp_pack_task(void *ctx, int64_t t0, int64_t t1) {
+/* Phase planes of input channels [i0, i1) (numbered over N * C). */
+static void convp_phase_task(void *ctx, int64_t i0, int64_t i1) {
     const convp_job *j = (const convp_job *)ctx;
     const nk_conv *d = j->d;
-    const int64_t Cg = d->C / d->G, K = Cg * d->KH * d->KW, P = d->OH * d->OW;
-    const float *xg = j->x + (j->n0 * d->C + j->g0 * Cg) * d->H * d->W;
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t q0 = t * NK_NR, q1 = q0 + NK_NR < P ? q0 + NK_NR : P;
-        im2col_tile(d, xg, 0, K, q0, q1, j->shared + t * K * NK_NR, NK_NR);
+    const int64_t H = d->H, W = d->W, SH = d->SH, SW = d->SW, PHh = j->PHh, PWh = j->PWh;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *xp = j->x + i * H * W;
+        float *dst = j->phases + i * j->plane;
+        for (int64_t ry = 0; ry < SH; ry++) {
+            for (int64_t rx = 0; rx < SW; rx++) {
+                float *ph = dst + (ry * SW + rx) * PHh * PWh;
+                /* Columns j in [lo, hi) read input column j*SW + b0 inside the row. */
+                const int64_t b0 = rx - d->PL;
+                int64_t lo = b0 >= 0 ? 0 : (-b0 + SW - 1) / SW;
+                int64_t hi = b0 < W ? (W - 1 - b0) / SW + 1 : 0;
+                if (hi > PWh) hi = PWh;
+                if (lo > hi) lo = hi;
+                for (int64_t r = 0; r < PHh; r++) {
+                    float *out = ph + r * PWh;
+                    const int64_t iy = r * SH + ry - d->PT;
+                    if (iy < 0 || iy >= H) {
+                        memset(out, 0, (size_t)PWh * sizeof(float));
+                        continue;
+                    }
+                    const float *row = xp + iy * W + b0;
+                    for (int64_t c = 0; c < lo; c++) out[c] = 0.0f;
+                    if (SW == 1) {
+                        memcpy(out + lo, row + lo, (size_t)(hi - lo) * sizeof(float));
+                    } else {
+                        for (int64_t c = lo; c < hi; c++) out[c] = row[c * SW];
+                    }
+                    for (int64_t c = hi; c < PWh; c++) out[c] = 0.0f;
+                }
+            }
+        }
     }
 }
 
-/* One unit: image n, group g, a chunk of output channels, a chunk of output pixels. */
+/* Output pixels whose padded index is below q. */
+static int64_t convp_valid_before(const convp_job *j, int64_t q) {
+    int64_t col = q % j->PWh;
+    return (q / j->PWh) * j->d->OW + (col < j->d->OW ? col : j->d->OW);
+}
+
+/* One unit: image n, group g, a chunk of output channels, a chunk of padded pixels. When the
+ * padded space has dropped columns (PWh > OW) the tiles go to a per-thread buffer first and
+ * only the valid pixels are copied out. */
 static void convp_task(void *ctx, int64_t u0, int64_t u1) {
     const convp_job *j = (const convp_job *)ctx;
     const nk_conv *d = j->d;
     const int64_t G = d->G, Cg = d->C / G, Og = d->O / G, K = Cg * d->KH * d->KW;
-    const int64_t P = d->OH * d->OW, kc_max = k_block(K);
-    float *buf = j->shared ? NULL : thread_buffer(0, (size_t)(kc_max * j->ptiles * NK_NR));
-    if (!j->shared && !buf) return; /* out of memory (the caller checked its own buffer) */
+    const int64_t P = d->OH * d->OW, OW = d->OW, PWh = j->PWh, kc_max = k_block(K);
+    const int staged = PWh != OW;
+    const int64_t ldt = j->ptiles * NK_NR;
+    float *tmp = staged ? thread_buffer(0, (size_t)(j->opanels * NK_MR * ldt)) : NULL;
+    if (staged && !tmp) return; /* out of memory */
     for (int64_t u = u0; u < u1; u++) {
         int64_t pc = u % j->pchunks, rest = u / j->pchunks;
         int64_t oc = rest % j->ochunks, ng = rest / j->ochunks;
         int64_t g = ng % G, n = ng / G;
-        int64_t pp0 = pc * j->ptiles * NK_NR, pp1 = pp0 + j->ptiles * NK_NR;
-        if (pp1 > P) pp1 = P;
+        int64_t pp0 = pc * ldt, pp1 = pp0 + ldt;
+        if (pp1 > j->PP) pp1 = j->PP;
         int64_t op0 = oc * j->opanels, op1 = op0 + j->opanels;
         if (op1 > j->panels) op1 = j->panels;
         if (pp0 >= pp1 || op0 >= op1) continue;
-        const int64_t tiles = (pp1 - pp0 + NK_NR - 1) / NK_NR;
-        const float *xg = j->x + (n * d->C + g * Cg) * d->H * d->W;
+        const float *sg = j->src + (n * d->C + g * Cg) * j->plane;
         const float *wg = j->w + g * j->panels * K * NK_MR;
         float *yg = j->y + (n * d->O + g * Og) * P;
         for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
             int64_t k1 = k0 + kc_max < K ? k0 + kc_max : K, kc = k1 - k0;
-            /* B tile t of this K block: bt + t * bstride, [kc][NR]. */
-            const float *bt;
-            int64_t bstride;
-            if (j->shared) {
-                bt = j->shared + (pp0 / NK_NR) * K * NK_NR + k0 * NK_NR;
-                bstride = K * NK_NR;
-            } else {
-                for (int64_t t = 0; t < tiles; t++) {
-                    int64_t q0 = pp0 + t * NK_NR, q1 = q0 + NK_NR < pp1 ? q0 + NK_NR : pp1;
-                    im2col_tile(d, xg, k0, k1, q0, q1, buf + t * kc * NK_NR, NK_NR);
-                }
-                bt = buf;
-                bstride = kc * NK_NR;
-            }
             for (int64_t op = op0; op < op1; op++) {
                 int64_t m0 = op * NK_MR;
                 int mr = (int)(Og - m0 < NK_MR ? Og - m0 : NK_MR);
                 const float *a = wg + op * K * NK_MR + k0 * NK_MR;
                 const float *bias = (k0 == 0 && j->bias) ? j->bias + g * Og + m0 : NULL;
-                for (int64_t t = 0; t < tiles; t++) {
-                    int64_t q0 = pp0 + t * NK_NR, q1 = q0 + NK_NR < pp1 ? q0 + NK_NR : pp1;
-                    nk_ukernel(kc, a, bt + t * bstride, yg + m0 * P + q0, P, mr,
-                               (int)(q1 - q0), k0 > 0, bias);
+                for (int64_t q0 = pp0; q0 < pp1; q0 += NK_NR) {
+                    int nr = (int)(pp1 - q0 < NK_NR ? pp1 - q0 : NK_NR);
+                    float *c = staged ? tmp + (op - op0) * NK_MR * ldt + (q0 - pp0)
+                                      : yg + m0 * P + q0;
+                    ukernel_direct(kc, a, sg + q0, j->offs + k0, c, staged ? ldt : P, mr, nr,
+                                   k0 > 0, bias);
+                }
+            }
+        }
+        int64_t m1 = op1 * NK_MR < Og ? op1 * NK_MR : Og;
+        if (staged) {
+            for (int64_t m = op0 * NK_MR; m < m1; m++) {
+                const float *tr = tmp + (m - op0 * NK_MR) * ldt;
+                for (int64_t oy = pp0 / PWh; oy <= (pp1 - 1) / PWh; oy++) {
+                    int64_t c0 = pp0 - oy * PWh > 0 ? pp0 - oy * PWh : 0;
+                    int64_t c1 = pp1 - oy * PWh < OW ? pp1 - oy * PWh : OW;
+                    if (c1 > c0)
+                        memcpy(yg + m * P + oy * OW + c0, tr + oy * PWh + c0 - pp0,
+                               (size_t)(c1 - c0) * sizeof(float));
                 }
             }
         }
         if (j->ep) {
-            int64_t m0 = g * Og + op0 * NK_MR, m1 = g * Og + op1 * NK_MR;
-            if (m1 > (g + 1) * Og) m1 = (g + 1) * Og;
-            j->ep(j->ep_args, 1, n, m0, m1, pp0, pp1);
+            int64_t o0 = convp_valid_before(j, pp0), o1 = convp_valid_before(j, pp1);
+            if (o1 > o0) j->ep(j->ep_args, 1, n, g * Og + op0 * NK_MR, g * Og + m1, o0, o1);
         }
     }
 }
 
-/* Units of image n0, group g0 only (the shared-B mode), numbered like convp_task's. */
-static void convp_one_task(void *ctx, int64_t u0, int64_t u1) {
-    const convp_job *j = (const convp_job *)ctx;
-    int64_t base = (j->n0 * j->d->G + j->g0) * j->ochunks * j->pchunks;
-    convp_task(ctx, base + u0, base + u1);
-}
-
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
                       const float *bias, float *y, nk_epilogue ep, const void *const *ep_args) {
-    const int64_t G = d->G, Og = d->O / G, K = (d->C / G) * d->KH * d->KW;
-    const int64_t P = d->OH * d->OW;
+    const int64_t G = d->G, Cg = d->C / G, Og = d->O / G, K = Cg * d->KH * d->KW;
+    const int64_t P = d->OH * d->OW, SH = d->SH, SW = d->SW;
     if (P <= 0 || Og <= 0) return;
     if (K == 0) { /* no input channels: the output is the bias */
         for (int64_t n = 0; n < d->N; n++)
@@ -300,37 +372,195 @@ void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpa
             for (int64_t n = 0; n < d->N; n++) ep(ep_args, 1, n, 0, d->O, 0, P);
         return;
     }
-    convp_job j = {d, x, wpack, bias, y, ep, ep_args, (Og + NK_MR - 1) / NK_MR, 1, 0, 0, 0,
-                   NULL, 0, 0};
-    const int64_t tiles = (P + NK_NR - 1) / NK_NR;
+    convp_job j;
+    memset(&j, 0, sizeof j);
+    j.d = d;
+    j.x = x;
+    j.w = wpack;
+    j.bias = bias;
+    j.y = y;
+    j.ep = ep;
+    j.ep_args = ep_args;
+    j.PHh = d->OH + ((d->KH - 1) * d->DH) / SH;
+    j.PWh = d->OW + ((d->KW - 1) * d->DW) / SW;
+    j.PP = (d->OH - 1) * j.PWh + d->OW;
+    const int in_place = SH == 1 && SW == 1 && d->PT == 0 && d->PL == 0 && j.PHh == d->H &&
+                         j.PWh == d->W;
+    j.plane = in_place ? d->H * d->W : SH * SW * j.PHh * j.PWh;
+    /* One buffer: the phase planes (when needed), then the tap offsets. */
+    const int64_t src_floats = in_place ? 0 : (d->N * d->C * j.plane + 15) / 16 * 16;
+    float *buf = thread_buffer(1, (size_t)(src_floats + 2 * K + 16));
+    if (!buf) return;
+    int64_t *offs = (int64_t *)(buf + src_floats);
+    for (int64_t k = 0; k < K; k++) {
+        int64_t kx = k % d->KW, ky = (k / d->KW) % d->KH, c = k / (d->KW * d->KH);
+        int64_t a = ky * d->DH, b = kx * d->DW;
+        offs[k] = c * j.plane + ((a % SH) * SW + b % SW) * j.PHh * j.PWh + (a / SH) * j.PWh +
+                  b / SW;
+    }
+    j.offs = offs;
+    j.phases = in_place ? NULL : buf;
+    j.src = in_place ? x : buf;
+    j.panels = (Og + NK_MR - 1) / NK_MR;
+    const int64_t tiles = (j.PP + NK_NR - 1) / NK_NR;
     j.ptiles = tiles < NK_TILES ? tiles : NK_TILES;
     j.pchunks = (tiles + j.ptiles - 1) / j.ptiles;
     if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
     /* Enough units for every thread to get a few (the machine is shared; small units let a
-     * thread that runs take over the work of one that does not). Split output channels when
-     * the image has few pixel chunks: each channel chunk re-packs the (small) input block. */
+     * thread that runs take over the work of one that does not): split output channels when
+     * the image has few pixel chunks (reading B in place, a split costs no extra packing). */
     int64_t units = d->N * G * j.pchunks, want = 4 * (int64_t)nt;
+    j.ochunks = 1;
     if (nt > 1 && units < want) {
         int64_t split = (want + units - 1) / units;
         j.ochunks = split < j.panels ? split : j.panels;
     }
     j.opanels = (j.panels + j.ochunks - 1) / j.ochunks;
     j.ochunks = (j.panels + j.opanels - 1) / j.opanels;
-    if (j.ochunks == 1) {
-        nk_parallel_for(nt, d->N * G * j.pchunks, 1, convp_task, &j);
-        return;
+    if (!in_place) {
+        int64_t planes = d->N * d->C, grain = planes / (4 * (int64_t)nt);
+        nk_parallel_for(nt, planes, grain > 0 ? grain : 1, convp_phase_task, &j);
     }
-    /* Channel chunks share one packing of B per (image, group): pack it in parallel, then run
-     * the units over it (one image and group at a time). */
-    j.shared = thread_buffer(1, (size_t)(tiles * K * NK_NR));
-    if (!j.shared) return;
-    convp_job one = j;
-    for (int64_t n = 0; n < d->N; n++) {
-        for (int64_t g = 0; g < G; g++) {
-            one.n0 = n;
-            one.g0 = g;
-            nk_parallel_for(nt, tiles, 1, convp_pack_task, &one);
-            nk_parallel_for(nt, j.ochunks * j.pchunks, 1, convp_one_task, &one);
+    nk_parallel_for(nt, d->N * G * j.ochunks * j.pchunks, 1, convp_task, &j);
+}
+
+/* ---- matrix product over packed weights ----------------------------------------------------- */
+
+#define NK_GEMV_ROWS 4 /* fewer rows than this: one streaming pass over B per row */
+
+/* Y (M x N, row stride N) = A (M x K, row-major) . B, with B (K x N, a constant weight) packed
+ * once as NR-column tiles [tiles][K][NR]. OpenBLAS would re-pack B on every call; here only A's
+ * small row panels are packed, per K block, into a per-thread buffer. Units are (row chunk,
+ * column chunk); a column chunk's B block (KC x NK_TILES tiles) stays in L2 while every row
+ * panel of the chunk streams over it, and the epilogue runs on the unit's block. */
+typedef struct {
+    int64_t M, N, K;
+    const float *A, *B;
+    float *Y;
+    nk_epilogue ep;
+    const void *const *ep_args;
+    int64_t tiles, ctiles, cchunks; /* B tiles; per column chunk; column chunks */
+    int64_t panels, rpanels;        /* A row panels; per row chunk */
+} mmp_job;
+
+static void mmp_task(void *ctx, int64_t u0, int64_t u1) {
+    const mmp_job *j = (const mmp_job *)ctx;
+    const int64_t M = j->M, N = j->N, K = j->K, kc_max = k_block(K);
+    float *ap = thread_buffer(0, (size_t)(kc_max * NK_MR));
+    if (!ap) return; /* out of memory */
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t cc = u % j->cchunks, rc = u / j->cchunks;
+        int64_t t0 = cc * j->ctiles, t1 = t0 + j->ctiles < j->tiles ? t0 + j->ctiles : j->tiles;
+        int64_t p0 = rc * j->rpanels, p1 = p0 + j->rpanels < j->panels ? p0 + j->rpanels
+                                                                       : j->panels;
+        if (t0 >= t1 || p0 >= p1) continue;
+        for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+            int64_t kc = k0 + kc_max < K ? kc_max : K - k0;
+            for (int64_t p = p0; p < p1; p++) {
+                int64_t m0 = p * NK_MR;
+                int mr = (int)(M - m0 < NK_MR ? M - m0 : NK_MR);
+                for (int i = 0; i < NK_MR; i++) {
+                    if (i < mr) {
+                        const float *row = j->A + (m0 + i) * K + k0;
+                        for (int64_t k = 0; k < kc; k++) ap[k * NK_MR + i] = row[k];
+                    } else {
+                        for (int64_t k = 0; k < kc; k++) ap[k * NK_MR + i] = 0.0f;
+                    }
+                }
+                for (int64_t t = t0; t < t1; t++) {
+                    int64_t n0 = t * NK_NR;
+                    int nr = (int)(N - n0 < NK_NR ? N - n0 : NK_NR);
+                    nk_ukernel(kc, ap, j->B + (t * K + k0) * NK_NR, j->Y + m0 * N + n0, N, mr,
+                               nr, k0 > 0, NULL);
+                }
+            }
+        }
+        if (j->ep) {
+            int64_t m1 = p1 * NK_MR < M ? p1 * NK_MR : M, n1 = t1 * NK_NR < N ? t1 * NK_NR : N;
+            j->ep(j->ep_args, 1, 0, p0 * NK_MR, m1, t0 * NK_NR, n1);
         }
     }
+}
+
+/* y[0, :nr) = x . tile for one packed [K][NR] tile: a single row of a product. Bound by the
+ * tile stream, which is contiguous here (OpenBLAS's gemv walks rows of B with stride N). */
+static void gemv_tile(int64_t K, const float *x, const float *b, float *y, int nr) {
+#if defined(__AVX512F__)
+    __m512 acc[6];
+    for (int v = 0; v < 6; v++) acc[v] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 1 < K; k += 2) { /* two k per step: six independent FMA chains */
+        const float *r = b + k * NK_NR;
+        __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
+        acc[0] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), acc[0]);
+        acc[1] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), acc[1]);
+        acc[2] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), acc[2]);
+        acc[3] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + NK_NR), acc[3]);
+        acc[4] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + NK_NR + 16), acc[4]);
+        acc[5] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + NK_NR + 32), acc[5]);
+    }
+    if (k < K) {
+        const float *r = b + k * NK_NR;
+        __m512 x0 = _mm512_set1_ps(x[k]);
+        acc[0] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r), acc[0]);
+        acc[1] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 16), acc[1]);
+        acc[2] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(r + 32), acc[2]);
+    }
+    for (int v = 0; v < 3; v++) {
+        int left = nr - 16 * v;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF
+                                    : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+        _mm512_mask_storeu_ps(y + 16 * v, mask, _mm512_add_ps(acc[v], acc[v + 3]));
+    }
+#else
+    float acc[NK_NR] = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float *r = b + k * NK_NR;
+        for (int j = 0; j < NK_NR; j++) acc[j] += x[k] * r[j];
+    }
+    for (int j = 0; j < nr; j++) y[j] = acc[j];
+#endif
+}
+
+/* Tiles [t0, t1) of every row (a product with very few rows), then the epilogue. */
+static void mmp_gemv_task(void *ctx, int64_t t0, int64_t t1) {
+    const mmp_job *j = (const mmp_job *)ctx;
+    const int64_t N = j->N, K = j->K;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t n0 = t * NK_NR;
+        int nr = (int)(N - n0 < NK_NR ? N - n0 : NK_NR);
+        for (int64_t m = 0; m < j->M; m++)
+            gemv_tile(K, j->A + m * K, j->B + t * K * NK_NR, j->Y + m * N + n0, nr);
+    }
+    if (j->ep) j->ep(j->ep_args, 1, 0, 0, j->M, t0 * NK_NR, t1 * NK_NR < N ? t1 * NK_NR : N);
+}
+
+void nk_matmul_packed(int nt, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                      float *Y, nk_epilogue ep, const void *const *ep_args) {
+    if (M <= 0 || N <= 0) return;
+    if (K == 0) {
+        memset(Y, 0, (size_t)(M * N) * sizeof(float));
+        if (ep) ep(ep_args, 1, 0, 0, M, 0, N);
+        return;
+    }
+    mmp_job j = {M, N, K, A, B, Y, ep, ep_args, 0, 0, 0, 0, 0};
+    j.tiles = (N + NK_NR - 1) / NK_NR;
+    j.ctiles = j.tiles < NK_TILES ? j.tiles : NK_TILES;
+    j.cchunks = (j.tiles + j.ctiles - 1) / j.ctiles;
+    j.panels = (M + NK_MR - 1) / NK_MR;
+    if (nt < 1 || 2.0 * (double)M * (double)N * (double)K < 262144.0) nt = 1;
+    if (M < NK_GEMV_ROWS) {
+        int64_t grain = j.tiles / (4 * (int64_t)nt);
+        nk_parallel_for(nt, j.tiles, grain > 0 ? grain : 1, mmp_gemv_task, &j);
+        return;
+    }
+    /* Split rows too when there are few column chunks (a few units per thread). */
+    int64_t want = 4 * (int64_t)nt, rchunks = 1;
+    if (nt > 1 && j.cchunks < want) {
+        rchunks = (want + j.cchunks - 1) / j.cchunks;
+        if (rchunks > j.panels) rchunks = j.panels;
+    }
+    j.rpanels = (j.panels + rchunks - 1) / rchunks;
+    rchunks = (j.panels + j.rpanels - 1) / j.rpanels;
+    nk_parallel_for(nt, rchunks * j.cchunks, 1, mmp_task, &j);
 }
