@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from nerve.errors import ModelFormatError, ShapeError, UnsupportedAttributeError
+from nerve.errors import ModelFormatError, NerveError, ShapeError, UnsupportedAttributeError
 from nerve.ir import DType, Graph, Node, TensorType, fold_shape_op, infer_node
 from nerve.ir.opset import onnx_schema
 
@@ -23,8 +24,27 @@ def tensor_to_array(tensor: onnx.TensorProto) -> tuple[np.ndarray, DType]:
     """A TensorProto's values as numpy, with its nerve dtype (bfloat16 kept as uint16 bits).
 
     float8, float4, 4-bit and 2-bit tensors come back as ml_dtypes arrays, one element per byte
-    (packed 4-bit and 2-bit data unpacked, by onnx's numpy_helper).
+    (packed 4-bit and 2-bit data unpacked, by onnx's numpy_helper). Data that does not fit the
+    tensor's dims (a corrupt or truncated file) is a ModelFormatError naming the tensor.
     """
+    dims = tuple(int(d) for d in tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelFormatError(f"tensor {tensor.name!r} has negative dims {list(dims)}")
+    try:
+        array, dtype = _decode_tensor(tensor)
+    except NerveError:
+        raise
+    except Exception as exc:  # numpy/onnx decoding errors of corrupt data
+        raise ModelFormatError(f"tensor {tensor.name!r} cannot be decoded: {exc}") from None
+    if array.shape != dims:
+        raise ModelFormatError(
+            f"tensor {tensor.name!r}: its data holds {array.size} values, but its dims "
+            f"{list(dims)} need {math.prod(dims)} (is the file corrupt or truncated?)"
+        )
+    return array, dtype
+
+
+def _decode_tensor(tensor: onnx.TensorProto) -> tuple[np.ndarray, DType]:
     dtype = DType.from_onnx(tensor.data_type)
     if dtype is DType.BFLOAT16:
         if tensor.raw_data:
@@ -32,10 +52,7 @@ def tensor_to_array(tensor: onnx.TensorProto) -> tuple[np.ndarray, DType]:
         else:
             bits = np.asarray(tensor.int32_data, dtype=np.uint16)
         return bits.reshape(tuple(tensor.dims)).copy(), dtype
-    try:
-        array = numpy_helper.to_array(tensor)
-    except Exception as exc:
-        raise ModelFormatError(f"tensor {tensor.name!r} cannot be decoded: {exc}") from None
+    array = numpy_helper.to_array(tensor)
     if dtype is DType.STRING:
         array = np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(
             array
