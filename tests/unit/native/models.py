@@ -269,6 +269,22 @@ def packed_pointwise_wide(rng: np.random.Generator) -> Case:
                       options={"threads": 2})  # fmt: skip
 
 
+@case
+def packed_single_column_tile(rng: np.random.Generator) -> Case:
+    # P = 7 * 7 = 49 = 48 + 1: the last tile is one column (its own kernel), with 11 rows
+    # (a padded panel), bias, K = 263 (two K blocks, not a multiple of 4) and 2 threads.
+    return _conv_case("packed_single_column_tile", rng, (2, 263, 7, 7), (11, 263, 1, 1),
+                      [node("Relu", ["c"])], options={"threads": 2})  # fmt: skip
+
+
+@case
+def packed_single_column_staged(rng: np.random.Generator) -> Case:
+    # 3x3 pad 1 on 5 x 37: padded pixel space (5 - 1) * 39 + 37 = 193 = 4 * 48 + 1, so the
+    # one-column tile lands in the staged buffer (dropped columns) and is copied out.
+    return _conv_case("packed_single_column_staged", rng, (1, 6, 5, 37), (9, 6, 3, 3),
+                      pads=[1, 1, 1, 1])  # fmt: skip
+
+
 # The direct conv path reads B in place from phase planes (one per stride phase, padded); the
 # cases below hit each layout: the input itself (stride 1, unpadded, incl. a valid 3x3),
 # stride-2 phases of a 7x7 stem, 1x1 stride 2, dilation with stride, and staged tiles whose

@@ -110,11 +110,38 @@ NK_UKERNEL_DIRECT(1)
 NK_UKERNEL_DIRECT(2)
 NK_UKERNEL_DIRECT(3)
 
+/* A one-column tile (a pixel count one past a multiple of NR, e.g. 49 = 48 + 1 on a 7x7
+ * map): the 8 rows of an A panel step are one ymm vector, so each k is one FMA against the
+ * broadcast B element, where the 16-wide tile spent 8 broadcasts and 8 FMAs on one useful
+ * lane. Four accumulators over k mod 4 hide the FMA latency. */
+static void ukdirect_col(int64_t kc, const float *a, const float *b, const int64_t *offs,
+                         float *c, int64_t ldc, int mr, int accumulate, const float *bias) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a + (k + u) * NK_MR), _mm256_set1_ps(b[offs[k + u]]), acc[u]);
+    }
+    for (; k < kc; k++)
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + k * NK_MR), _mm256_set1_ps(b[offs[k]]),
+                                 acc[0]);
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    float out[NK_MR];
+    _mm256_storeu_ps(out, sum);
+    for (int i = 0; i < mr; i++) {
+        float r = out[i] + (bias ? bias[i] : 0.0f);
+        c[i * ldc] = accumulate ? c[i * ldc] + r : r;
+    }
+}
+
 static void ukernel_direct(int64_t kc, const float *a, const float *b, const int64_t *offs,
                            float *c, int64_t ldc, int mr, int nr, int accumulate,
                            const float *bias) {
     int nv = (nr + 15) / 16;
-    if (nv >= 3)
+    if (nr == 1)
+        ukdirect_col(kc, a, b, offs, c, ldc, mr, accumulate, bias);
+    else if (nv >= 3)
         ukdirect_3(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
     else if (nv == 2)
         ukdirect_2(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
