@@ -64,7 +64,9 @@ class Job:
         self._status = JobStatus.QUEUED
         self._result: dict[str, np.ndarray] | None = None
         self._error: BaseException | None = None
-        self._event = threading.Event()
+        # Made by the first waiter (most jobs are done before anyone waits: inline runs, and
+        # callers that use callbacks), so a job costs no Event unless one is needed.
+        self._event: threading.Event | None = None
         self._callbacks: Callbacks = []
 
     # -- the future ------------------------------------------------------------------
@@ -83,12 +85,22 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job is finished; False if ``timeout`` passed first."""
-        return self._event.wait(timeout)
+        if self.done():  # terminal states are set, with the result, before waiters are woken
+            return True
+        with self._entry.runtime._lock:
+            if self._event is None:
+                # Made under the lock that _set_terminal holds: either the job is done by now
+                # or _fire (which runs after _set_terminal) will find and set this Event.
+                self._event = threading.Event()
+                if self.done():
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
 
     def result(self, timeout: float | None = None) -> dict[str, np.ndarray]:
         """The outputs; raises the run's error, JobCancelledError, JobExpiredError, or
         JobTimeoutError when ``timeout`` seconds pass first (the job itself goes on)."""
-        if not self._event.wait(timeout):
+        if not self.wait(timeout):
             raise JobTimeoutError(
                 f"job {self.id} ({self.program_name}) not finished after {timeout} s; status "
                 f"{self.status}"
@@ -99,7 +111,7 @@ class Job:
         return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self._event.wait(timeout):
+        if not self.wait(timeout):
             raise JobTimeoutError(f"job {self.id} not finished after {timeout} s")
         return self._error
 
@@ -140,18 +152,22 @@ class Job:
     def _set_terminal(self, status: JobStatus, result: dict[str, np.ndarray] | None,
                       error: BaseException | None, now: float) -> Callbacks:
         """Under the runtime lock: record the outcome; returns callbacks to fire outside it."""
-        self._status = status
         self._result = result
         self._error = error
         self.finished_at = now
         self.feeds = {}  # drop references to caller memory
         self.out = {}
+        # Last: a thread that sees a terminal status (wait() checks it without the lock)
+        # finds the outcome already in place.
+        self._status = status
         callbacks, self._callbacks = self._callbacks, []
         return callbacks
 
     def _fire(self, callbacks: Callbacks) -> None:
         """Outside the lock: wake waiters, then run callbacks."""
-        self._event.set()
+        event = self._event
+        if event is not None:
+            event.set()
         for fn in callbacks:
             try:
                 fn(self)

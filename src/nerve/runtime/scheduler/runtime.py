@@ -148,6 +148,7 @@ class Runtime:
         tag: Any = None,
         out: Mapping[str, Any] | None = None,
         inline: bool = False,
+        prepared: bool = False,
     ) -> Job:
         """Queue a run of ``program`` on ``feeds`` and return its Job at once.
 
@@ -157,6 +158,10 @@ class Runtime:
         program is not batched and no power budget applies), run the job now in the calling
         thread — the same order the worker would choose, without a thread hand-off; the Job
         is done when submit returns. Otherwise it is queued as usual.
+        ``prepared=True``: ``feeds`` and ``out`` are what ``program.prepare_feeds`` and
+        ``program.prepare_out`` returned (callers that run the same buffers again and again
+        validate them once); they are used as they are, not validated again, and must stay
+        unchanged until the job is done. Ignored for batched programs.
         Raises InputError for bad feeds and QueueFullError when ``max_queue`` jobs wait.
         """
         if not isinstance(program, Program):
@@ -164,7 +169,10 @@ class Runtime:
         if deadline_ms is not None and not deadline_ms >= 0:
             raise SchedulerError(f"deadline_ms must be >= 0, got {deadline_ms}")
         entry = self._entry(program)
-        prepared, out_arrays, rows = self._prepare(entry, feeds, out)
+        if prepared and not entry.batch:
+            arrays, out_arrays, rows = dict(feeds), dict(out or {}), 1
+        else:
+            arrays, out_arrays, rows = self._prepare(entry, feeds, out)
         with self._lock:
             self._check_open()
             if self._queued >= self.max_queue:
@@ -175,7 +183,7 @@ class Runtime:
                 )
             now = time.perf_counter()
             deadline = None if deadline_ms is None else now + deadline_ms / 1e3
-            job = Job(entry, prepared, out_arrays, rows, int(priority), deadline, tag,
+            job = Job(entry, arrays, out_arrays, rows, int(priority), deadline, tag,
                       next(self._seq), now)
             lane = self._lanes[program.engine]
             if (inline and not entry.batch and self._governor is None and not self._paused

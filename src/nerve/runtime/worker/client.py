@@ -8,7 +8,6 @@ lifetime rule (never while referenced).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -26,7 +25,14 @@ import numpy as np
 from nerve.errors import JobTimeoutError, SharedTensorError, WorkerError
 from nerve.ir import DType
 from nerve.runtime.tensors import SharedTensor, outside_references
-from nerve.runtime.worker.protocol import MAX_MESSAGE, encode, remote_error, wire_size
+from nerve.runtime.worker.protocol import (
+    MAX_MESSAGE,
+    Channel,
+    decode,
+    encode,
+    remote_error,
+    wire_size,
+)
 from nerve.runtime.worker.replies import PendingReply, RemoteJob
 
 log = logging.getLogger("nerve")
@@ -70,6 +76,7 @@ class Client:
 
     def __init__(self, conn: Connection, address: str) -> None:
         self._conn = conn
+        self._channel = Channel(conn)
         self.address = address
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -77,6 +84,8 @@ class Client:
         self._pending: dict[int, PendingReply] = {}
         self._programs: dict[str, dict[str, Any]] = {}
         self._pools: dict[tuple[str, str, str], SharedPool] = {}
+        # JSON of a run's program and tensor references, by the references' identities.
+        self._run_json: dict[tuple[Any, ...], tuple[list[dict[str, Any]], str]] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
         self.broken: BaseException | None = None
@@ -88,17 +97,16 @@ class Client:
 
     # -- channel ---------------------------------------------------------------------
 
-    def _send(self, message: dict[str, Any]) -> None:
-        data = encode(message)
+    def _send(self, message: dict[str, Any] | bytes) -> None:
+        data = message if isinstance(message, bytes) else encode(message)
         with self._send_lock:
             if self.broken is not None:
                 raise WorkerError(f"the worker connection is closed: {self.broken}")
             try:
-                self._conn.send_bytes(data)
+                self.bytes_sent += self._channel.send(data)
             except (OSError, ValueError) as exc:
                 self._fail_all(exc)
                 raise WorkerError(f"cannot reach the worker: {exc}") from None
-            self.bytes_sent += wire_size(data)
 
     def _fail_all(self, exc: BaseException) -> None:
         self.broken = exc
@@ -108,7 +116,7 @@ class Client:
 
     def _dispatch(self, data: bytes) -> None:
         self.bytes_received += wire_size(data)
-        reply = json.loads(data)
+        reply = decode(data)
         item = self._pending.pop(reply.get("id"), None)
         if item is None:
             log.debug("client: reply for unknown request %r", reply.get("id"))
@@ -136,9 +144,10 @@ class Client:
                     break
                 wait = 0.05 if remaining is None else min(0.05, max(0.0, remaining))
                 try:
-                    if self._poller.poll(wait * 1e3):
-                        self._dispatch(self._conn.recv_bytes(MAX_MESSAGE))
-                except (EOFError, OSError) as exc:
+                    # A read may have brought more than one reply: serve buffered ones first.
+                    if self._channel.has_message() or self._poller.poll(wait * 1e3):
+                        self._dispatch(self._channel.recv(MAX_MESSAGE))
+                except (EOFError, OSError, ValueError) as exc:
                     self._fail_all(exc)
             finally:
                 self._read_lock.release()
@@ -272,17 +281,38 @@ class Client:
             t._local_busy += 1
         self._pending[msg_id] = job
         try:
-            self._send({
-                "id": msg_id, "op": "run", "program": program, "priority": int(priority),
-                "deadline_ms": deadline_ms, "tag": tag,
-                "inputs": {n: t._ref for n, t in ins.items()},
-                "outputs": {n: t._ref for n, t in outs.items()},
-            })
+            self._send(self._run_request(msg_id, program, int(priority), deadline_ms, tag,
+                                         ins, outs))
         except WorkerError as exc:
             self._pending.pop(msg_id, None)
             job._complete(None, exc)
             raise
         return job
+
+    def _run_request(self, msg_id: int, program: str, priority: int,
+                     deadline_ms: float | None, tag: str | None,
+                     ins: Mapping[str, SharedTensor], outs: Mapping[str, SharedTensor]) -> bytes:
+        """A run request's bytes: the same JSON as ``encode`` makes, but the part naming the
+        program and the tensors (the bulk of it) is encoded once per set of tensors.
+
+        The cache is keyed by the identities of the tensors' reference dicts (built once per
+        SharedTensor, never changed) and holds those dicts, so no key can be reused by another
+        tensor while it is cached; it holds no tensor, so pooled tensors are freed as before.
+        """
+        refs = [t._ref for t in ins.values()] + [t._ref for t in outs.values()]
+        key = (program, *ins, None, *outs, *map(id, refs))
+        cached = self._run_json.get(key)
+        if cached is None:
+            body = encode({"program": program,
+                           "inputs": {n: t._ref for n, t in ins.items()},
+                           "outputs": {n: t._ref for n, t in outs.items()}}).decode()
+            if len(self._run_json) >= 1024:
+                self._run_json.clear()
+            cached = self._run_json[key] = (refs, body[1:-1])
+        deadline = "null" if deadline_ms is None else encode(deadline_ms).decode()
+        label = "null" if tag is None else encode(tag).decode()
+        return (f'{{"id":{msg_id},"op":"run","priority":{priority},"deadline_ms":{deadline},'
+                f'"tag":{label},{cached[1]}}}').encode()
 
     def run(
         self,

@@ -8,7 +8,6 @@ away its queued jobs are cancelled and its mappings closed once no run uses them
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -24,7 +23,16 @@ from nerve.errors import NerveError, SharedTensorError, WorkerError
 from nerve.runtime.program import Program, TensorInfo
 from nerve.runtime.scheduler import Job
 from nerve.runtime.tensors import SharedTensor, check_name
-from nerve.runtime.worker.protocol import MAX_MESSAGE, PROTOCOL, encode, error_reply, wire_size
+from nerve.runtime.worker.protocol import (
+    MAX_MESSAGE,
+    PROTOCOL,
+    Channel,
+    decode,
+    encode,
+    error_reply,
+    run_reply,
+    wire_size,
+)
 
 if TYPE_CHECKING:
     from nerve.runtime.worker.server import Server
@@ -36,14 +44,20 @@ MAX_PLANS = 256  # validated run requests one session remembers
 
 
 class RunPlan:
-    """A validated run request: the program and its input/output views into shared memory."""
+    """A validated run request: the program and its input/output views into shared memory.
+
+    For an unbatched program the views are also checked by the program itself
+    (``prepare_feeds``/``prepare_out``) once, here, so that each run of the plan is submitted
+    as already prepared instead of being validated again.
+    """
 
     def __init__(self, program: Program, feeds: dict[str, np.ndarray],
                  outs: dict[str, np.ndarray], used: list[SharedTensor],
-                 out_tensors: list[SharedTensor]) -> None:
+                 out_tensors: list[SharedTensor], batch: bool) -> None:
         self.program = program
-        self.feeds = feeds
-        self.outs = outs
+        self.prepared = not batch
+        self.feeds = program.prepare_feeds(feeds) if self.prepared else feeds
+        self.outs = program.prepare_out(outs) if self.prepared else outs
         self.used = used
         self.out_tensors = out_tensors
         self.names = [t.name for t in used]
@@ -56,11 +70,14 @@ class RunPlan:
 
 def _plan_key(program: Program, inputs: Any, outputs: Any) -> Any:
     """A hashable key for a run request's tensor references (None if they are malformed:
-    the full validation will say why, or unsafe to reuse)."""
+    the full validation will say why, or unsafe to reuse). The same references in another
+    order make another key: a cache miss, never a wrong plan."""
     try:
-        refs = [tuple(sorted((n, r["name"], r["offset"], r["nbytes"], r["token"])
-                             for n, r in side.items())) for side in (inputs, outputs)]
-        return (id(program), *refs)
+        return (id(program),
+                tuple([(n, r["name"], r["offset"], r["nbytes"], r["token"])
+                       for n, r in inputs.items()]),
+                tuple([(n, r["name"], r["offset"], r["nbytes"], r["token"])
+                       for n, r in outputs.items()]))
     except (AttributeError, KeyError, TypeError):
         return None  # includes references without a token: those are never reused
 
@@ -71,6 +88,7 @@ class Session:
     def __init__(self, server: Server, conn: Connection, number: int) -> None:
         self.server = server
         self.conn = conn
+        self.channel = Channel(conn)
         self.number = number
         self.send_lock = threading.Lock()
         self.attached: dict[str, SharedTensor] = {}
@@ -89,14 +107,14 @@ class Session:
 
     # -- channel ---------------------------------------------------------------------
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = encode(message)
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        """Send a reply (a message, or one already encoded); dropped once the client is gone."""
+        data = message if isinstance(message, bytes) else encode(message)
         with self.send_lock:
             if self.closed:
                 return
             try:
-                self.conn.send_bytes(data)
-                self.bytes_sent += wire_size(data)
+                self.bytes_sent += self.channel.send(data)
             except (OSError, EOFError, ValueError):
                 self.closed = True  # the client went away; cleanup follows from serve()
 
@@ -104,13 +122,13 @@ class Session:
         try:
             while True:
                 try:
-                    data = self.conn.recv_bytes(MAX_MESSAGE)
+                    data = self.channel.recv(MAX_MESSAGE)
                 except (EOFError, OSError):
                     break  # disconnected, died, or sent an oversized message
                 self.received_at = time.perf_counter()
                 self.bytes_received += wire_size(data)
                 try:
-                    message = json.loads(data)
+                    message = decode(data)
                     if not isinstance(message, dict):
                         raise WorkerError("a request must be a JSON object")
                 except (ValueError, WorkerError) as exc:
@@ -266,7 +284,7 @@ class Session:
             for b in [*feeds.values(), *(v for v in outs.values() if v is not a)]:
                 if np.shares_memory(a, b):
                     raise SharedTensorError("an output's window overlaps another tensor's")
-        made = RunPlan(program, feeds, outs, [*in_tensors, *out_tensors], out_tensors)
+        made = RunPlan(program, feeds, outs, [*in_tensors, *out_tensors], out_tensors, batch)
         with self.lock:
             if key is not None and all(self.attached.get(t.name) is t for t in made.used):
                 if len(self.plans) >= MAX_PLANS:
@@ -286,20 +304,23 @@ class Session:
         with self.lock:
             self.active += 1
             self.active_names.update(plan.names)
+        received = self.received_at
         try:
             # inline: with the engine idle, run in this session's thread (no hand-off).
             job = self.server.runtime.submit(plan.program, plan.feeds, priority=priority,
                                              deadline_ms=deadline_ms, tag=message.get("tag"),
-                                             out=plan.outs, inline=True)
+                                             out=plan.outs, inline=True, prepared=plan.prepared)
         except BaseException:
             plan.mark_busy(-1)
             with self.lock:
                 self.active -= 1
                 self.active_names.subtract(plan.names)
             raise
+        if job.done():  # it ran inline: reply now
+            self._finished(msg_id, job, plan, received)
+            return
         with self.lock:
             self.inflight[job.id] = job  # before the callback, which removes it
-        received = self.received_at
         job.add_done_callback(
             lambda j: self._finished(msg_id, j, plan, received)
         )
@@ -311,13 +332,11 @@ class Session:
             for t in plan.out_tensors:
                 versions[t.name] = t.bump_version()
             self.server.runs += 1
-            reply: dict[str, Any] = {
-                "id": msg_id, "ok": True, "status": job.status, "versions": versions,
-                "queue_us": (job.queue_time or 0.0) * 1e6, "run_us": (job.run_time or 0.0) * 1e6,
-                "energy_j": job.energy_j,
+            reply: dict[str, Any] | bytes = run_reply(
+                msg_id, versions, (job.queue_time or 0.0) * 1e6, (job.run_time or 0.0) * 1e6,
+                job.energy_j,
                 # Request received to reply sent, inside the worker.
-                "worker_us": (time.perf_counter() - received) * 1e6,
-            }
+                (time.perf_counter() - received) * 1e6)
         else:
             error = job.exception(0)
             assert error is not None
