@@ -25,15 +25,47 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+/* Pieces every tile kernel shares; they use the kernel's own names (acc, mask, bias, mr, nr,
+ * c, ldc, accumulate). INIT seeds the accumulators with the bias, MASKS selects the nr valid
+ * columns of each vector, STORE writes (or adds) the mr valid rows through those masks. */
+#define NK_TILE_INIT(NV)                                                                          \
+    do {                                                                                          \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
+            __m512 init = _mm512_set1_ps(bias && i < mr ? bias[i] : 0.0f);                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = init;                \
+        }                                                                                         \
+    } while (0)
+
+#define NK_TILE_MASKS(NV)                                                                         \
+    __mmask16 mask[NV];                                                                           \
+    do {                                                                                          \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                    \
+            int left = nr - 16 * v;                                                               \
+            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
+                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
+        }                                                                                         \
+    } while (0)
+
+#define NK_TILE_STORE(NV)                                                                         \
+    do {                                                                                          \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
+            if (i >= mr) break;                                                                   \
+            float *row = c + i * ldc;                                                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                \
+                __m512 r = acc[i][v];                                                             \
+                if (accumulate)                                                                   \
+                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));           \
+                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
 /* acc[i][v] = A[:, i] . B[:, v*16 .. v*16+16) over kc steps, NV vectors wide. */
 #define NK_UKERNEL(NV)                                                                            \
     static void ukernel_##NV(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, \
                              int mr, int nr, int accumulate, const float *bias) {                 \
         __m512 acc[NK_MR][NV];                                                                    \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
-            __m512 init = _mm512_set1_ps(bias && i < mr ? bias[i] : 0.0f);                        \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = init;                \
-        }                                                                                         \
+        NK_TILE_INIT(NV);                                                                         \
         for (int64_t k = 0; k < kc; k++) {                                                        \
             __m512 bv[NV];                                                                        \
             _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
@@ -44,22 +76,8 @@
                     acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                            \
             }                                                                                     \
         }                                                                                         \
-        __mmask16 mask[NV];                                                                       \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                    \
-            int left = nr - 16 * v;                                                               \
-            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
-                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
-        }                                                                                         \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
-            if (i >= mr) break;                                                                   \
-            float *row = c + i * ldc;                                                             \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                \
-                __m512 r = acc[i][v];                                                             \
-                if (accumulate)                                                                   \
-                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));          \
-                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
-            }                                                                                     \
-        }                                                                                         \
+        NK_TILE_MASKS(NV);                                                                        \
+        NK_TILE_STORE(NV);                                                                        \
     }
 
 NK_UKERNEL(1)
@@ -73,16 +91,8 @@ NK_UKERNEL(3)
                               float *c, int64_t ldc, int mr, int nr, int accumulate,              \
                               const float *bias) {                                                \
         __m512 acc[NK_MR][NV];                                                                    \
-        __mmask16 mask[NV];                                                                       \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                    \
-            int left = nr - 16 * v;                                                               \
-            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
-                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
-        }                                                                                         \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
-            __m512 init = _mm512_set1_ps(bias && i < mr ? bias[i] : 0.0f);                        \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] = init;                \
-        }                                                                                         \
+        NK_TILE_MASKS(NV);                                                                        \
+        NK_TILE_INIT(NV);                                                                         \
         for (int64_t k = 0; k < kc; k++) {                                                        \
             const float *bk = b + offs[k];                                                        \
             __m512 bv[NV];                                                                        \
@@ -94,16 +104,7 @@ NK_UKERNEL(3)
                     acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                            \
             }                                                                                     \
         }                                                                                         \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
-            if (i >= mr) break;                                                                   \
-            float *row = c + i * ldc;                                                             \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                \
-                __m512 r = acc[i][v];                                                             \
-                if (accumulate)                                                                   \
-                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));          \
-                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
-            }                                                                                     \
-        }                                                                                         \
+        NK_TILE_STORE(NV);                                                                        \
     }
 
 NK_UKERNEL_DIRECT(1)
