@@ -215,6 +215,19 @@ def _load(chain: Chain, i: int, expr: str) -> str:
     return f"const float x{i} = (float){expr};"
 
 
+
+def _inner_loop(chain: Chain, hoisted: frozenset[int], index: str, out: str) -> list[str]:
+    """The innermost loop of a chain kernel over ``index`` (``{index}0 .. {index}1``): loads of
+    operands that do not move along it hoisted out, the chain's body, the store to ``py``;
+    then the closing braces of the loop, the outer loop and the function."""
+    lines = [f"        {_load(chain, i, f'p{i}[0]')}" for i in sorted(hoisted)]
+    lines.append(f"        for (int64_t {index} = {index}0; {index} < {index}1; {index}++) {{")
+    body = _body(chain, lambda i: f"p{i}[{index}]", out, hoisted)
+    lines.extend("            " + s for s in body)
+    lines.append(f"            py[{index}] = v{len(chain.ops) - 1};")
+    lines += ["        }", "    }", "}"]
+    return lines
+
 def _body(
     chain: Chain, load: Callable[[int], str], acc: str, hoisted: frozenset[int] = frozenset()
 ) -> list[str]:
@@ -289,16 +302,7 @@ def loop_function(chain: Chain, name: str) -> str:
     lines.append(f"        float *restrict py = y + {offsets.exprs[0]};")
     inner_strides = [s[-1] for s in sets]
     hoisted = frozenset(i for i in range(len(chain.operands)) if not inner_strides[i + 1])
-    lines.extend(f"        {_load(chain, i, f'p{i}[0]')}" for i in sorted(hoisted))
-    lines.append("        for (int64_t j = j0; j < j1; j++) {")
-
-    def load(i: int) -> str:
-        return f"p{i}[j]"
-
-    body = _body(chain, load, "", hoisted)
-    lines.extend("            " + s for s in body)
-    lines.append(f"            py[j] = v{len(chain.ops) - 1};")
-    lines += ["        }", "    }", "}"]
+    lines += _inner_loop(chain, hoisted, "j", "")
     # The parallel loop's context and task (nk_parallel_for calls the task on unit ranges).
     fields = "".join(f" {p};" for p in [*plain, "float *y"])
     lines.append(f"typedef struct {{{fields} }} {name}_ctx;")
@@ -389,16 +393,7 @@ def epilogue_function(
             + (f" + m * {ms}LL;" if ms else ";")
         )
     hoisted = frozenset(i for i in range(len(chain.operands)) if not plans[i][1])
-    lines.extend(f"        {_load(chain, i, f'p{i}[0]')}" for i in sorted(hoisted))
-    lines.append("        for (int64_t n = n0; n < n1; n++) {")
-
-    def load(i: int) -> str:
-        return f"p{i}[n]"
-
-    body = _body(chain, load, "py[n]", hoisted)
-    lines.extend("            " + s for s in body)
-    lines.append(f"            py[n] = v{len(chain.ops) - 1};")
-    lines += ["        }", "    }", "}"]
+    lines += _inner_loop(chain, hoisted, "n", "py[n]")
     return "\n".join(lines)
 
 
