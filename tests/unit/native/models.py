@@ -271,18 +271,43 @@ def packed_pointwise_wide(rng: np.random.Generator) -> Case:
 
 @case
 def packed_single_column_tile(rng: np.random.Generator) -> Case:
-    # P = 7 * 7 = 49 = 48 + 1: the last tile is one column (its own kernel), with 11 rows
-    # (a padded panel), bias, K = 263 (two K blocks, not a multiple of 4) and 2 threads.
-    return _conv_case("packed_single_column_tile", rng, (2, 263, 7, 7), (11, 263, 1, 1),
+    # P = 17 * 17 = 289 = 6 * 48 + 1: the last tile is one column (its own kernel), with 11
+    # rows (a padded panel), bias, K = 263 (two K blocks, not a multiple of 4) and 2 threads.
+    return _conv_case("packed_single_column_tile", rng, (2, 263, 17, 17), (11, 263, 1, 1),
                       [node("Relu", ["c"])], options={"threads": 2})  # fmt: skip
 
 
 @case
 def packed_single_column_staged(rng: np.random.Generator) -> Case:
-    # 3x3 pad 1 on 5 x 37: padded pixel space (5 - 1) * 39 + 37 = 193 = 4 * 48 + 1, so the
+    # 3x3 pad 1 on 7 x 67: padded pixel space (7 - 1) * 69 + 67 = 481 = 10 * 48 + 1, so the
     # one-column tile lands in the staged buffer (dropped columns) and is copied out.
-    return _conv_case("packed_single_column_staged", rng, (1, 6, 5, 37), (9, 6, 3, 3),
+    return _conv_case("packed_single_column_staged", rng, (1, 6, 7, 67), (9, 6, 3, 3),
                       pads=[1, 1, 1, 1])  # fmt: skip
+
+
+# Maps of at most 64 pixels (except plain 1x1 convs) run the channel-vector kernel
+# (nk_conv2d_cvec): tiles of 7 pixels of a row x 64 output channels, partial sums over K blocks
+# of 512, a transposed store.
+@case
+def cvec_partial_block_two_kblocks(rng: np.random.Generator) -> Case:
+    # 130 channels = two full blocks of 64 + 2 (zero-padded lanes), K = 70 * 9 = 630 (two K
+    # blocks), 2 threads, bias and ReLU epilogue.
+    return _conv_case("cvec_partial_block_two_kblocks", rng, (1, 70, 7, 7), (130, 70, 3, 3),
+                      [node("Relu", ["c"])], pads=[1, 1, 1, 1],
+                      options={"threads": 2})  # fmt: skip
+
+
+@case
+def cvec_strided_batch(rng: np.random.Generator) -> Case:
+    # Stride 2 from phase planes onto a 7 x 7 map, a batch of 2, more units than channels.
+    return _conv_case("cvec_strided_batch", rng, (2, 9, 13, 14), (20, 9, 3, 3), strides=[2, 2],
+                      pads=[1, 1, 1, 1], options={"threads": 2})  # fmt: skip
+
+
+@case
+def cvec_row_tails(rng: np.random.Generator) -> Case:
+    # 30-pixel rows: four 7-pixel tiles and a 2-pixel tail per row; a 1x3 kernel.
+    return _conv_case("cvec_row_tails", rng, (1, 5, 2, 32), (66, 5, 1, 3), bias=False)
 
 
 # The direct conv path reads B in place from phase planes (one per stride phase, padded); the

@@ -12,8 +12,13 @@ import numpy as np
 
 from nerve.engines.native.elementwise import Chain
 from nerve.engines.native.lowering import MAIN, Lowering, Program, Register, builds
-from nerve.engines.native.packing import PackSpec, conv_packed_size, matmul_packed_size
-from nerve.engines.native.shapes import broadcast_strides, spatial2, window
+from nerve.engines.native.packing import (
+    PackSpec,
+    conv_cvec_packed_size,
+    conv_packed_size,
+    matmul_packed_size,
+)
+from nerve.engines.native.shapes import Window, broadcast_strides, spatial2, window
 from nerve.engines.native.steps import CallStep, ChainStep, ConvStep, GemmStep, Step, _WithEpilogue
 from nerve.errors import CompileError
 from nerve.ir import NERVE_DOMAIN, DType, Node, TensorType
@@ -173,6 +178,30 @@ def _gemm(lw: Lowering, node: Node) -> list[Step]:
     return _with_programs(lw, node, step, programs)
 
 
+# Small maps put output channels in the vector lanes (nk_conv2d_cvec). On a 7x7 map the
+# pixel-vector kernel fills 49 of 64 lanes, and a padded or strided conv's pixel rows carry
+# dropped columns through a staging copy; channel blocks of 64 are full in every ResNet /
+# MobileNet layer. Measured on one thread (GFLOP/s cvec / pixel-vector): 3x3 512->512 on 7x7
+# 169 / 94, 1x1 stride 2 1024->2048 onto 7x7 155 / 121, but plain 1x1 convs are even or lose
+# (512->2048 on 7x7 183 / 191, 96->576 on 14x14 142 / 188: the transposed store costs more
+# when K is small), and on 14x14 the two are even.
+CVEC_CONV = True  # False: every conv on the pixel-vector kernel (for A/B measurements)
+CVEC_MAX_PIXELS = 64
+CVEC_POINTWISE = False  # also 1x1 stride-1 unpadded convs (the input read in place)
+
+
+def _channel_vector_pays(group: int, geo: Window) -> bool:
+    pixels = math.prod(geo.out)
+    pointwise = (
+        geo.kernel == (1, 1) and geo.strides == (1, 1) and not any(geo.pads_begin)
+        and not any(geo.pads_end)
+    )
+    return (
+        CVEC_CONV and group == 1 and 0 < pixels <= CVEC_MAX_PIXELS
+        and (CVEC_POINTWISE or not pointwise)
+    )
+
+
 @builds("Conv", "nerve.FusedConv")
 def _conv(lw: Lowering, node: Node) -> list[Step]:
     x, w = node.inputs[:2]
@@ -189,9 +218,14 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
     )  # fmt: skip
     step = ConvStep([node], Chain(ys, out), x=x, w=w, bias=bias, desc=desc)
     if group != xs[1] and lw.type(w).dtype is DType.FLOAT32:
-        # Not depthwise: the packed-panel kernel over weights packed once at bind time.
-        spec = PackSpec(w, "conv", group)
-        step.wpack = lw.packed_weight(w, spec, conv_packed_size(ws, group)) or ""
+        # Not depthwise: a packed kernel over weights packed once at bind time.
+        if _channel_vector_pays(group, geo):
+            step.cvec = True
+            spec = PackSpec(w, "conv_cvec")
+            step.wpack = lw.packed_weight(w, spec, conv_cvec_packed_size(ws)) or ""
+        else:
+            spec = PackSpec(w, "conv", group)
+            step.wpack = lw.packed_weight(w, spec, conv_packed_size(ws, group)) or ""
     step.groups = ([0], [1], list(range(2, len(ys))))
     programs = [_epilogue_program(node)] if node.domain == NERVE_DOMAIN else []
     return _with_programs(lw, node, step, programs)

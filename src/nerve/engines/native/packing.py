@@ -27,6 +27,7 @@ import numpy as np
 
 MR = 8  # NK_MR in nk.h
 NR = 48  # NK_NR in nk.h
+CV_NB = 64  # NK_CV_NB in nk.h: output channels per block of the channel-vector conv kernel
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PackSpec:
     """How a packed slot derives from a weight: ``kind`` and its arguments."""
 
     source: str
-    kind: str  # "conv" or "matmul"
+    kind: str  # "conv", "conv_cvec" or "matmul"
     groups: int = 1
     trans: bool = False  # matmul: the weight is stored [N, K] (Gemm transB)
 
@@ -46,6 +47,8 @@ class PackSpec:
         """
         if self.kind == "conv":
             return pack_conv(array, self.groups, out)
+        if self.kind == "conv_cvec":
+            return pack_conv_cvec(array, out)
         if self.kind == "matmul":
             return pack_matmul(array, self.trans, out)
         raise ValueError(f"unknown packing {self.kind!r}")
@@ -81,6 +84,38 @@ def pack_conv(w: np.ndarray, groups: int, out: np.ndarray | None = None) -> np.n
     rest = og - full * MR
     if rest:  # the last, partial panel: rows beyond og stay zero
         dst[:, full, :, :rest] = src[:, full * MR :].transpose(0, 2, 1)
+    return out
+
+
+def conv_cvec_packed_size(shape: tuple[int, ...]) -> int:
+    """Floats of a conv weight of ``shape`` (one group) packed for the channel-vector kernel."""
+    return -(-shape[0] // CV_NB) * CV_NB * int(np.prod(shape[1:]))
+
+
+def pack_conv_cvec(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``w`` ``[O, C, *kernel]`` (one group) as ``[blocks][K][CV_NB]``: each K step of a block
+    is the weights of ``CV_NB`` consecutive output channels (``nk_conv2d_cvec`` loads them as
+    four vectors). Channels past O are zero. ``out`` as for :func:`pack_conv`.
+
+    >>> w = np.arange(2 * 3, dtype=np.float32).reshape(2, 3, 1, 1)
+    >>> pack_conv_cvec(w).reshape(3, CV_NB)[:, :3]
+    array([[0., 3., 0.],
+           [1., 4., 0.],
+           [2., 5., 0.]], dtype=float32)
+    """
+    w = np.asarray(w, np.float32)
+    o = w.shape[0]
+    k = int(np.prod(w.shape[1:]))
+    blocks = -(-o // CV_NB)
+    size = blocks * CV_NB * k
+    if out is None or out.size != size or out.dtype != np.float32:
+        out = _aligned_zeros(size)
+    dst = out.reshape(blocks, k, CV_NB)
+    src = w.reshape(o, k)
+    full = o // CV_NB
+    dst[:full] = src[: full * CV_NB].reshape(full, CV_NB, k).transpose(0, 2, 1)
+    if o > full * CV_NB:  # the last, partial block: channels past O stay zero
+        dst[full, :, : o - full * CV_NB] = src[full * CV_NB :].T
     return out
 
 
@@ -123,8 +158,10 @@ __all__ = [
     "MR",
     "NR",
     "PackSpec",
+    "conv_cvec_packed_size",
     "conv_packed_size",
     "matmul_packed_size",
     "pack_conv",
+    "pack_conv_cvec",
     "pack_matmul",
 ]

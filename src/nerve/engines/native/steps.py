@@ -180,6 +180,7 @@ class ConvStep(_WithEpilogue):
     bias: str = ""
     desc: tuple[int, ...] = ()  # N C H W O OH OW KH KW SH SW PT PL DH DW G
     wpack: str = ""  # the weights packed into A panels: the packed-panel kernel runs
+    cvec: bool = False  # wpack is in the channel-vector layout: nk_conv2d_cvec runs
 
     def reads(self) -> list[str]:
         names = [self.x, self.wpack or self.w, *(o.name for o in self.chain.operands)]
@@ -203,8 +204,9 @@ class ConvStep(_WithEpilogue):
         ep, ea = self.epilogue(em)
         bias = em.ptr(self.bias) if self.bias else "NULL"
         if self.wpack:
+            kernel = "nk_conv2d_cvec" if self.cvec else "nk_conv2d_packed"
             lines.append(
-                f"    nk_conv2d_packed(nt, &d, {em.ptr(self.x)}, {em.ptr(self.wpack)}, {bias}, "
+                f"    {kernel}(nt, &d, {em.ptr(self.x)}, {em.ptr(self.wpack)}, {bias}, "
                 f"{em.ptr(self.out)}, {ep}, {ea});"
             )
             lines.append("}")

@@ -94,6 +94,14 @@ int64_t nk_conv_packed_floats(const nk_conv *d);
  * the input, or from per-channel stride-phase planes of its padded copy. */
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
                       const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+/* The same convolution (G = 1) with output channels in the vector lanes, for small maps:
+ * weights packed as [ceil(O / NK_CV_NB)][K][NK_CV_NB] (zero-padded channels), tiles of
+ * NK_CV_MT pixels of one output row x NK_CV_NB channels. */
+#define NK_CV_NB 64
+#define NK_CV_MT 7
+int64_t nk_conv_cvec_floats(const nk_conv *d);
+void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
+                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
 
 /* Y (M x N) = A (M x K, row-major) . B for a constant B packed once as [ceil(N / NK_NR)][K][NK_NR]
  * column tiles (zero-padded); ep runs on each finished block (b = 0, m = row, n = column). */

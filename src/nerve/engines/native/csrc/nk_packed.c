@@ -387,53 +387,74 @@ static void convp_task(void *ctx, int64_t u0, int64_t u1) {
     }
 }
 
+/* Geometry shared by both convolution kernels: the phase planes (when the input cannot be
+ * read in place) and the per-tap offsets, built in thread buffer 1. Returns 0 when out of
+ * memory. */
+static int convp_setup(int nt, const nk_conv *d, const float *x, convp_job *j) {
+    const int64_t G = d->G, Cg = d->C / G, K = Cg * d->KH * d->KW, SH = d->SH, SW = d->SW;
+    j->d = d;
+    j->x = x;
+    j->PHh = d->OH + ((d->KH - 1) * d->DH) / SH;
+    j->PWh = d->OW + ((d->KW - 1) * d->DW) / SW;
+    j->PP = (d->OH - 1) * j->PWh + d->OW;
+    const int in_place = SH == 1 && SW == 1 && d->PT == 0 && d->PL == 0 && j->PHh == d->H &&
+                         j->PWh == d->W;
+    j->plane = in_place ? d->H * d->W : SH * SW * j->PHh * j->PWh;
+    /* One buffer: the phase planes (when needed; padded so that a tile reading a few floats
+     * past the last plane stays inside it), then the tap offsets. */
+    const int64_t src_floats = in_place ? 0 : (d->N * d->C * j->plane + 16 + 15) / 16 * 16;
+    float *buf = thread_buffer(1, (size_t)(src_floats + 2 * K + 16));
+    if (!buf) return 0;
+    int64_t *offs = (int64_t *)(buf + src_floats);
+    for (int64_t k = 0; k < K; k++) {
+        int64_t kx = k % d->KW, ky = (k / d->KW) % d->KH, c = k / (d->KW * d->KH);
+        int64_t a = ky * d->DH, b = kx * d->DW;
+        offs[k] = c * j->plane + ((a % SH) * SW + b % SW) * j->PHh * j->PWh +
+                  (a / SH) * j->PWh + b / SW;
+    }
+    j->offs = offs;
+    j->phases = in_place ? NULL : buf;
+    j->src = in_place ? x : buf;
+    if (!in_place) {
+        int64_t planes = d->N * d->C, grain = planes / (4 * (int64_t)nt);
+        nk_parallel_for(nt, planes, grain > 0 ? grain : 1, convp_phase_task, j);
+    }
+    return 1;
+}
+
+/* No input channels: the output is the bias. */
+static void conv_bias_only(const nk_conv *d, const float *bias, float *y, nk_epilogue ep,
+                           const void *const *ep_args) {
+    const int64_t P = d->OH * d->OW;
+    for (int64_t n = 0; n < d->N; n++)
+        for (int64_t o = 0; o < d->O; o++)
+            for (int64_t p = 0; p < P; p++) y[(n * d->O + o) * P + p] = bias ? bias[o] : 0.0f;
+    if (ep)
+        for (int64_t n = 0; n < d->N; n++) ep(ep_args, 1, n, 0, d->O, 0, P);
+}
+
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
                       const float *bias, float *y, nk_epilogue ep, const void *const *ep_args) {
     const int64_t G = d->G, Cg = d->C / G, Og = d->O / G, K = Cg * d->KH * d->KW;
-    const int64_t P = d->OH * d->OW, SH = d->SH, SW = d->SW;
+    const int64_t P = d->OH * d->OW;
     if (P <= 0 || Og <= 0) return;
-    if (K == 0) { /* no input channels: the output is the bias */
-        for (int64_t n = 0; n < d->N; n++)
-            for (int64_t o = 0; o < d->O; o++)
-                for (int64_t p = 0; p < P; p++) y[(n * d->O + o) * P + p] = bias ? bias[o] : 0.0f;
-        if (ep)
-            for (int64_t n = 0; n < d->N; n++) ep(ep_args, 1, n, 0, d->O, 0, P);
+    if (K == 0) {
+        conv_bias_only(d, bias, y, ep, ep_args);
         return;
     }
     convp_job j;
     memset(&j, 0, sizeof j);
-    j.d = d;
-    j.x = x;
     j.w = wpack;
     j.bias = bias;
     j.y = y;
     j.ep = ep;
     j.ep_args = ep_args;
-    j.PHh = d->OH + ((d->KH - 1) * d->DH) / SH;
-    j.PWh = d->OW + ((d->KW - 1) * d->DW) / SW;
-    j.PP = (d->OH - 1) * j.PWh + d->OW;
-    const int in_place = SH == 1 && SW == 1 && d->PT == 0 && d->PL == 0 && j.PHh == d->H &&
-                         j.PWh == d->W;
-    j.plane = in_place ? d->H * d->W : SH * SW * j.PHh * j.PWh;
-    /* One buffer: the phase planes (when needed), then the tap offsets. */
-    const int64_t src_floats = in_place ? 0 : (d->N * d->C * j.plane + 15) / 16 * 16;
-    float *buf = thread_buffer(1, (size_t)(src_floats + 2 * K + 16));
-    if (!buf) return;
-    int64_t *offs = (int64_t *)(buf + src_floats);
-    for (int64_t k = 0; k < K; k++) {
-        int64_t kx = k % d->KW, ky = (k / d->KW) % d->KH, c = k / (d->KW * d->KH);
-        int64_t a = ky * d->DH, b = kx * d->DW;
-        offs[k] = c * j.plane + ((a % SH) * SW + b % SW) * j.PHh * j.PWh + (a / SH) * j.PWh +
-                  b / SW;
-    }
-    j.offs = offs;
-    j.phases = in_place ? NULL : buf;
-    j.src = in_place ? x : buf;
+    if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
+    if (!convp_setup(nt, d, x, &j)) return;
     j.panels = (Og + NK_MR - 1) / NK_MR;
     const int64_t tiles = (j.PP + NK_NR - 1) / NK_NR;
     j.ptiles = tiles < NK_TILES ? tiles : NK_TILES;
     j.pchunks = (tiles + j.ptiles - 1) / j.ptiles;
-    if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
     /* Enough units for every thread to get a few (the machine is shared; small units let a
      * thread that runs take over the work of one that does not): split output channels when
      * the image has few pixel chunks (reading B in place, a split costs no extra packing). */
@@ -445,11 +466,165 @@ void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpa
     }
     j.opanels = (j.panels + j.ochunks - 1) / j.ochunks;
     j.ochunks = (j.panels + j.opanels - 1) / j.opanels;
-    if (!in_place) {
-        int64_t planes = d->N * d->C, grain = planes / (4 * (int64_t)nt);
-        nk_parallel_for(nt, planes, grain > 0 ? grain : 1, convp_phase_task, &j);
-    }
     nk_parallel_for(nt, d->N * G * j.ochunks * j.pchunks, 1, convp_task, &j);
+}
+
+/* ---- convolution with output channels in the vector lanes (small feature maps) ------------- *
+ *
+ * On a 7x7 or 14x14 map the pixel-vector kernel above wastes lanes: 49 pixels fill three
+ * 16-lane vectors and one lane of a fourth, and a row of padded pixels is short. Here the
+ * roles swap, as in an NCHWc kernel: a tile is NK_CV_MT pixels of one output row (their input
+ * values broadcast from the phase planes) times NK_CV_NB output channels (four vectors of
+ * weights, packed [O blocks][K][NB]), 7 x 4 = 28 accumulators. Every map width ResNet and
+ * MobileNet use (7, 14, 28, 56) is a multiple of 7, so no lane is wasted. Partial sums over
+ * K blocks live in a per-thread [tiles][MT][NB] buffer; the last block transposes the tiles
+ * into the NCHW output (adding the bias) and the epilogue runs on the unit's block. */
+
+#define NK_CV_KC 512 /* K block: its NB-wide weight rows (128 KiB) stay in L2 */
+
+int64_t nk_conv_cvec_floats(const nk_conv *d) {
+    const int64_t K = d->C * d->KH * d->KW;
+    return (d->O + NK_CV_NB - 1) / NK_CV_NB * NK_CV_NB * K;
+}
+
+#if defined(__AVX512F__)
+/* acc[MT][4] (+)= pixels (src + offs[k] + i, i < MT) x weights [kc][NB]. */
+#define NK_CV_TILE(MT)                                                                            \
+    static void cv_tile_##MT(int64_t kc, const float *w, const float *s, const int64_t *offs,   \
+                             float *io, int first) {                                              \
+        __m512 acc[MT][4];                                                                        \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++)                                      \
+            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                   \
+                acc[i][v] = first ? _mm512_setzero_ps()                                           \
+                                  : _mm512_load_ps(io + i * NK_CV_NB + 16 * v);                   \
+        for (int64_t k = 0; k < kc; k++) {                                                        \
+            const float *wk = w + k * NK_CV_NB, *sk = s + offs[k];                                \
+            __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);                       \
+            __m512 w2 = _mm512_loadu_ps(wk + 32), w3 = _mm512_loadu_ps(wk + 48);                  \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++) {                                \
+                __m512 b = _mm512_set1_ps(sk[i]);                                                 \
+                acc[i][0] = _mm512_fmadd_ps(b, w0, acc[i][0]);                                    \
+                acc[i][1] = _mm512_fmadd_ps(b, w1, acc[i][1]);                                    \
+                acc[i][2] = _mm512_fmadd_ps(b, w2, acc[i][2]);                                    \
+                acc[i][3] = _mm512_fmadd_ps(b, w3, acc[i][3]);                                    \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++)                                      \
+            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                   \
+                _mm512_store_ps(io + i * NK_CV_NB + 16 * v, acc[i][v]);                           \
+    }
+#else
+#define NK_CV_TILE(MT)                                                                            \
+    static void cv_tile_##MT(int64_t kc, const float *w, const float *s, const int64_t *offs,   \
+                             float *io, int first) {                                              \
+        float acc[MT][NK_CV_NB];                                                                  \
+        for (int i = 0; i < MT; i++)                                                              \
+            for (int v = 0; v < NK_CV_NB; v++) acc[i][v] = first ? 0.0f : io[i * NK_CV_NB + v];  \
+        for (int64_t k = 0; k < kc; k++) {                                                        \
+            const float *wk = w + k * NK_CV_NB, *sk = s + offs[k];                                \
+            for (int i = 0; i < MT; i++)                                                          \
+                for (int v = 0; v < NK_CV_NB; v++) acc[i][v] += sk[i] * wk[v];                    \
+        }                                                                                         \
+        for (int i = 0; i < MT; i++)                                                              \
+            for (int v = 0; v < NK_CV_NB; v++) io[i * NK_CV_NB + v] = acc[i][v];                  \
+    }
+#endif
+
+NK_CV_TILE(1)
+NK_CV_TILE(2)
+NK_CV_TILE(3)
+NK_CV_TILE(4)
+NK_CV_TILE(5)
+NK_CV_TILE(6)
+NK_CV_TILE(7)
+
+typedef void (*cv_tile_fn)(int64_t, const float *, const float *, const int64_t *, float *, int);
+static const cv_tile_fn cv_tiles[NK_CV_MT + 1] = {NULL,      cv_tile_1, cv_tile_2, cv_tile_3,
+                                                  cv_tile_4, cv_tile_5, cv_tile_6, cv_tile_7};
+
+typedef struct {
+    convp_job c;        /* geometry (src, offs, PWh, ...) and the output */
+    int64_t oblocks;    /* NB-channel weight blocks */
+    int64_t rtiles;     /* tiles per output row */
+    int64_t rchunks;    /* row chunks per image */
+    int64_t rows;       /* output rows per chunk */
+} cvec_job;
+
+static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
+    const cvec_job *j = (const cvec_job *)ctx;
+    const convp_job *c = &j->c;
+    const nk_conv *d = c->d;
+    const int64_t O = d->O, OW = d->OW, P = d->OH * d->OW, K = d->C * d->KH * d->KW;
+    const int64_t PWh = c->PWh, rt = j->rtiles;
+    float *io = thread_buffer(0, (size_t)(j->rows * rt * NK_CV_MT * NK_CV_NB));
+    if (!io) return; /* out of memory */
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t rc = u % j->rchunks, rest = u / j->rchunks;
+        int64_t ob = rest % j->oblocks, n = rest / j->oblocks;
+        int64_t r0 = rc * j->rows, r1 = r0 + j->rows < d->OH ? r0 + j->rows : d->OH;
+        if (r0 >= r1) continue;
+        const float *sn = c->src + n * d->C * c->plane;
+        const float *wb = c->w + ob * K * NK_CV_NB;
+        for (int64_t k0 = 0; k0 < K; k0 += NK_CV_KC) {
+            int64_t kc = K - k0 < NK_CV_KC ? K - k0 : NK_CV_KC;
+            for (int64_t r = r0; r < r1; r++) {
+                for (int64_t t = 0; t < rt; t++) {
+                    int64_t ox = t * NK_CV_MT;
+                    int mt = (int)(OW - ox < NK_CV_MT ? OW - ox : NK_CV_MT);
+                    float *tile = io + ((r - r0) * rt + t) * NK_CV_MT * NK_CV_NB;
+                    cv_tiles[mt](kc, wb + k0 * NK_CV_NB, sn + r * PWh + ox, c->offs + k0, tile,
+                                 k0 == 0);
+                }
+            }
+        }
+        /* Transpose the tiles into NCHW, adding the bias. */
+        int64_t o0 = ob * NK_CV_NB, o1 = o0 + NK_CV_NB < O ? o0 + NK_CV_NB : O;
+        float *yn = c->y + n * O * P;
+        for (int64_t o = o0; o < o1; o++) {
+            const float b = c->bias ? c->bias[o] : 0.0f;
+            float *yo = yn + o * P;
+            for (int64_t r = r0; r < r1; r++) {
+                for (int64_t t = 0; t < rt; t++) {
+                    int64_t ox = t * NK_CV_MT;
+                    int mt = (int)(OW - ox < NK_CV_MT ? OW - ox : NK_CV_MT);
+                    const float *tile = io + ((r - r0) * rt + t) * NK_CV_MT * NK_CV_NB + (o - o0);
+                    for (int i = 0; i < mt; i++) yo[r * OW + ox + i] = tile[i * NK_CV_NB] + b;
+                }
+            }
+        }
+        if (c->ep) c->ep(c->ep_args, 1, n, o0, o1, r0 * OW, r1 * OW);
+    }
+}
+
+void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
+                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args) {
+    const int64_t K = d->C * d->KH * d->KW, P = d->OH * d->OW;
+    if (P <= 0 || d->O <= 0) return;
+    if (K == 0) {
+        conv_bias_only(d, bias, y, ep, ep_args);
+        return;
+    }
+    cvec_job j;
+    memset(&j, 0, sizeof j);
+    j.c.w = wcv;
+    j.c.bias = bias;
+    j.c.y = y;
+    j.c.ep = ep;
+    j.c.ep_args = ep_args;
+    if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
+    if (!convp_setup(nt, d, x, &j.c)) return;
+    j.oblocks = (d->O + NK_CV_NB - 1) / NK_CV_NB;
+    j.rtiles = (d->OW + NK_CV_MT - 1) / NK_CV_MT;
+    /* Split rows when there are few channel blocks (a few units per thread), and keep a
+     * unit's partial sums (rows x tiles x MT x NB floats) near L2's size. */
+    int64_t units = d->N * j.oblocks, want = 4 * (int64_t)nt, rchunks = 1;
+    if (nt > 1 && units < want) rchunks = (want + units - 1) / units;
+    int64_t cap = 2048 / (j.rtiles * NK_CV_MT) > 0 ? 2048 / (j.rtiles * NK_CV_MT) : 1;
+    if ((d->OH + rchunks - 1) / rchunks > cap) rchunks = (d->OH + cap - 1) / cap;
+    if (rchunks > d->OH) rchunks = d->OH;
+    j.rows = (d->OH + rchunks - 1) / rchunks;
+    j.rchunks = (d->OH + j.rows - 1) / j.rows;
+    nk_parallel_for(nt, d->N * j.oblocks * j.rchunks, 1, cvec_task, &j);
 }
 
 /* ---- matrix product over packed weights ----------------------------------------------------- */
