@@ -283,6 +283,14 @@ typedef struct {
     int64_t ptiles;        /* B tiles per pixel chunk */
 } convp_job;
 
+/* Whether some tap reads stride phase r along an axis (kernel taps, dilation, stride): a 1x1
+ * stride-2 conv reads only phase 0, so the other three planes are never written. */
+static int phase_used(int64_t taps, int64_t dilation, int64_t stride, int64_t r) {
+    for (int64_t t = 0; t < taps; t++)
+        if ((t * dilation) % stride == r) return 1;
+    return 0;
+}
+
 /* Phase planes of input channels [i0, i1) (numbered over N * C). */
 static void convp_phase_task(void *ctx, int64_t i0, int64_t i1) {
     const convp_job *j = (const convp_job *)ctx;
@@ -292,7 +300,9 @@ static void convp_phase_task(void *ctx, int64_t i0, int64_t i1) {
         const float *xp = j->x + i * H * W;
         float *dst = j->phases + i * j->plane;
         for (int64_t ry = 0; ry < SH; ry++) {
+            if (!phase_used(d->KH, d->DH, SH, ry)) continue;
             for (int64_t rx = 0; rx < SW; rx++) {
+                if (!phase_used(d->KW, d->DW, SW, rx)) continue;
                 float *ph = dst + (ry * SW + rx) * PHh * PWh;
                 /* Columns j in [lo, hi) read input column j*SW + b0 inside the row. */
                 const int64_t b0 = rx - d->PL;
