@@ -285,29 +285,29 @@ def packed_single_column_staged(rng: np.random.Generator) -> Case:
                       pads=[1, 1, 1, 1])  # fmt: skip
 
 
-# Maps of at most 64 pixels (except plain 1x1 convs) run the channel-vector kernel
-# (nk_conv2d_cvec): tiles of 7 pixels of a row x 64 output channels, partial sums over K blocks
-# of 512, a transposed store.
+# Small maps with a deep K (at least 512) run the channel-vector kernel (nk_conv2d_cvec):
+# tiles of 7 pixels of a row x 64 output channels, partial sums over K blocks of 512, a
+# transposed store. (tests/unit/native/test_engine.py runs it on odd shapes too.)
 @case
 def cvec_partial_block_two_kblocks(rng: np.random.Generator) -> Case:
-    # 130 channels = two full blocks of 64 + 2 (zero-padded lanes), K = 70 * 9 = 630 (two K
+    # 518 channels = eight blocks of 64 + 6 (zero-padded lanes), K = 64 * 9 = 576 (two K
     # blocks), 2 threads, bias and ReLU epilogue.
-    return _conv_case("cvec_partial_block_two_kblocks", rng, (1, 70, 7, 7), (130, 70, 3, 3),
+    return _conv_case("cvec_partial_block_two_kblocks", rng, (1, 64, 7, 7), (518, 64, 3, 3),
                       [node("Relu", ["c"])], pads=[1, 1, 1, 1],
                       options={"threads": 2})  # fmt: skip
 
 
 @case
 def cvec_strided_batch(rng: np.random.Generator) -> Case:
-    # Stride 2 from phase planes onto a 7 x 7 map, a batch of 2, more units than channels.
-    return _conv_case("cvec_strided_batch", rng, (2, 9, 13, 14), (20, 9, 3, 3), strides=[2, 2],
-                      pads=[1, 1, 1, 1], options={"threads": 2})  # fmt: skip
+    # Stride 2 from phase planes onto a 7 x 7 map, a batch of 2, more units than blocks.
+    return _conv_case("cvec_strided_batch", rng, (2, 64, 13, 14), (64, 64, 3, 3),
+                      strides=[2, 2], pads=[1, 1, 1, 1], options={"threads": 2})  # fmt: skip
 
 
 @case
 def cvec_row_tails(rng: np.random.Generator) -> Case:
-    # 30-pixel rows: four 7-pixel tiles and a 2-pixel tail per row; a 1x3 kernel.
-    return _conv_case("cvec_row_tails", rng, (1, 5, 2, 32), (66, 5, 1, 3), bias=False)
+    # 30-pixel rows: four 7-pixel tiles and a 2-pixel tail per row; a 1x3 kernel, K = 540.
+    return _conv_case("cvec_row_tails", rng, (1, 180, 2, 32), (64, 180, 1, 3), bias=False)
 
 
 # The direct conv path reads B in place from phase planes (one per stride phase, padded); the

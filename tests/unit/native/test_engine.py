@@ -225,9 +225,11 @@ def test_pack_conv_cvec_layout_and_in_place_repack() -> None:
 @pytest.mark.parametrize(
     ("x", "w", "pads", "kernel"),
     [
-        ((1, 8, 7, 7), (16, 8, 3, 3), 1, "nk_conv2d_cvec"),  # 3x3 on a 7x7 map
-        ((1, 8, 7, 7), (16, 8, 1, 1), 0, "nk_conv2d_packed"),  # 1x1: the input in place
-        ((1, 8, 28, 28), (16, 8, 3, 3), 1, "nk_conv2d_packed"),  # a large map
+        ((1, 64, 7, 7), (64, 64, 3, 3), 1, "nk_conv2d_cvec"),  # 3x3 on a 7x7 map, K = 576
+        ((1, 512, 7, 7), (64, 512, 1, 1), 0, "nk_conv2d_cvec"),  # a deep 1x1 on 7x7
+        ((1, 64, 7, 7), (80, 64, 3, 3), 1, "nk_conv2d_packed"),  # 48 of 128 lanes idle
+        ((1, 8, 7, 7), (16, 8, 3, 3), 1, "nk_conv2d_packed"),  # K = 72: the store dominates
+        ((1, 64, 28, 28), (64, 64, 3, 3), 1, "nk_conv2d_packed"),  # a large map
     ],
 )
 def test_conv_kernel_choice(x: tuple[int, ...], w: tuple[int, ...], pads: int, kernel: str) -> None:
@@ -239,13 +241,45 @@ def test_conv_kernel_choice(x: tuple[int, ...], w: tuple[int, ...], pads: int, k
     env = {**graph.weights, **feeds}
     exe.run(env)
     want = nerve.compile(model, target="host").run(feeds)["y"]
-    np.testing.assert_allclose(env["y"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(env["y"], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "attrs"),
+    [
+        ((1, 3, 5, 5), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # one partial block, K = 27
+        ((2, 4, 9, 17), (67, 4, 2, 3), {"strides": [2, 1], "dilations": [1, 2]}),  # odd geometry
+        ((1, 2, 1, 23), (65, 2, 1, 1), {}),  # one row, tiles of 7 + a 2-pixel tail
+    ],
+)
+def test_channel_vector_kernel_on_odd_shapes(
+    monkeypatch: pytest.MonkeyPatch, x: tuple[int, ...], w: tuple[int, ...], attrs: dict
+) -> None:
+    """The channel-vector kernel itself on shapes its cost rule would not give it."""
+    from nerve.engines.native import lower_gemm
+
+    monkeypatch.setattr(lower_gemm, "CVEC_MIN_DEPTH", 1)
+    monkeypatch.setattr(lower_gemm, "CVEC_MAX_IDLE", 1.0)
+    rng = np.random.default_rng(5)
+    feeds = {"x": rand(rng, *x)}
+    weights = {"w": rand(rng, *w), "b": rand(rng, w[0])}
+    model = make([node("Conv", ["x", "w", "b"], **attrs)], feeds, ["y"], weights)
+    graph, exe = _native_build(model)
+    assert "nk_conv2d_cvec(" in exe.code.code
+    env = {**graph.weights, **feeds}
+    exe.run(env)
+    want = nerve.compile(model, target="host").run(feeds)["y"]
+    np.testing.assert_allclose(env["y"], want, rtol=1e-4, atol=1e-4)
 
 
 def test_portable_packed_kernel_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
     """Built without AVX-512 flags, the packed layouts run through the portable loop."""
     import dataclasses
 
+    from nerve.engines.native import lower_gemm
+
+    monkeypatch.setattr(lower_gemm, "CVEC_MIN_DEPTH", 1)  # the channel-vector kernel too
+    monkeypatch.setattr(lower_gemm, "CVEC_MAX_IDLE", 1.0)
     tc = find_toolchain()
     assert tc is not None
     plain = dataclasses.replace(tc, arch_flags=())
@@ -339,6 +373,10 @@ def test_portable_packed_matmul_without_avx512(monkeypatch: pytest.MonkeyPatch, 
     """Built without AVX-512 flags, packed products (gemv rows and panels) run portably."""
     import dataclasses
 
+    from nerve.engines.native import lower_gemm
+
+    monkeypatch.setattr(lower_gemm, "CVEC_MIN_DEPTH", 1)  # the channel-vector kernel too
+    monkeypatch.setattr(lower_gemm, "CVEC_MAX_IDLE", 1.0)
     tc = find_toolchain()
     assert tc is not None
     plain = dataclasses.replace(tc, arch_flags=())

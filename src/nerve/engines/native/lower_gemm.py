@@ -13,6 +13,7 @@ import numpy as np
 from nerve.engines.native.elementwise import Chain
 from nerve.engines.native.lowering import MAIN, Lowering, Program, Register, builds
 from nerve.engines.native.packing import (
+    CV_NB,
     PackSpec,
     conv_cvec_packed_size,
     conv_packed_size,
@@ -180,25 +181,24 @@ def _gemm(lw: Lowering, node: Node) -> list[Step]:
 
 # Small maps put output channels in the vector lanes (nk_conv2d_cvec). On a 7x7 map the
 # pixel-vector kernel fills 49 of 64 lanes, and a padded or strided conv's pixel rows carry
-# dropped columns through a staging copy; channel blocks of 64 are full in every ResNet /
-# MobileNet layer. Measured on one thread (GFLOP/s cvec / pixel-vector): 3x3 512->512 on 7x7
-# 169 / 94, 1x1 stride 2 1024->2048 onto 7x7 155 / 121, but plain 1x1 convs are even or lose
-# (512->2048 on 7x7 183 / 191, 96->576 on 14x14 142 / 188: the transposed store costs more
-# when K is small), and on 14x14 the two are even.
+# dropped columns through a staging copy; channel blocks of 64 are full in most layers. The
+# channel-vector kernel pays a transposed store per output, which a deep K amortises.
+# Measured on one thread over chains of convs whose weights do not fit in L3 (as in a model),
+# GFLOP/s channel-vector / pixel-vector: 3x3 512->512 on 7x7 173 / 96, 3x3 256->256 on 14x14
+# 178 / 152, 1x1 1024->1024 on 14x14 193 / 169, 1x1 512->512 on 7x7 152 / 112, but 1x1
+# 256->256 on 14x14 174 / 192 and 160->160 on 7x7 131 / 175; on 28x28 they are even.
 CVEC_CONV = True  # False: every conv on the pixel-vector kernel (for A/B measurements)
-CVEC_MAX_PIXELS = 64
-CVEC_POINTWISE = False  # also 1x1 stride-1 unpadded convs (the input read in place)
+CVEC_MAX_PIXELS = 196  # 14 x 14
+CVEC_MIN_DEPTH = 512  # K = C * KH * KW
+CVEC_MAX_IDLE = 0.125  # the share of lanes a partial last channel block may leave idle
 
 
-def _channel_vector_pays(group: int, geo: Window) -> bool:
-    pixels = math.prod(geo.out)
-    pointwise = (
-        geo.kernel == (1, 1) and geo.strides == (1, 1) and not any(geo.pads_begin)
-        and not any(geo.pads_end)
-    )
+def _channel_vector_pays(group: int, channels: int, out_channels: int, geo: Window) -> bool:
+    depth = channels * geo.kernel[0] * geo.kernel[1]
+    padded = -(-out_channels // CV_NB) * CV_NB
     return (
-        CVEC_CONV and group == 1 and 0 < pixels <= CVEC_MAX_PIXELS
-        and (CVEC_POINTWISE or not pointwise)
+        CVEC_CONV and group == 1 and 0 < math.prod(geo.out) <= CVEC_MAX_PIXELS
+        and depth >= CVEC_MIN_DEPTH and padded - out_channels <= CVEC_MAX_IDLE * padded
     )
 
 
@@ -219,7 +219,7 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
     step = ConvStep([node], Chain(ys, out), x=x, w=w, bias=bias, desc=desc)
     if group != xs[1] and lw.type(w).dtype is DType.FLOAT32:
         # Not depthwise: a packed kernel over weights packed once at bind time.
-        if _channel_vector_pays(group, geo):
+        if _channel_vector_pays(group, xs[1], ys[1], geo):
             step.cvec = True
             spec = PackSpec(w, "conv_cvec")
             step.wpack = lw.packed_weight(w, spec, conv_cvec_packed_size(ws)) or ""
