@@ -373,10 +373,6 @@ def test_portable_packed_matmul_without_avx512(monkeypatch: pytest.MonkeyPatch, 
     """Built without AVX-512 flags, packed products (gemv rows and panels) run portably."""
     import dataclasses
 
-    from nerve.engines.native import lower_gemm
-
-    monkeypatch.setattr(lower_gemm, "CVEC_MIN_DEPTH", 1)  # the channel-vector kernel too
-    monkeypatch.setattr(lower_gemm, "CVEC_MAX_IDLE", 1.0)
     tc = find_toolchain()
     assert tc is not None
     plain = dataclasses.replace(tc, arch_flags=())

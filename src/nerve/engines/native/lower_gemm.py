@@ -53,11 +53,12 @@ def _matmul_step(lw: Lowering, node: Node, a: str, b: str, out: str) -> GemmStep
     return step
 
 
-# Products with a constant right operand (a weight) may run on the packed-panel kernel over
-# weights packed once at bind time instead of OpenBLAS (which re-packs B on every call). Where
-# it pays, measured on 2 threads (AVX-512, p50 packed / OpenBLAS): few rows (32x784x1024:
-# 0.66) and deep, narrow products (128x3072x768: 0.93); square and wide ones are even or worse
-# (128x768x3072: 1.00, 128x768x768: 1.35). Rows 1-3 stream the packed tiles once per row,
+# Products with a constant right operand (a weight) run on the packed-panel kernel over
+# weights packed once at bind time instead of OpenBLAS (which re-packs B on every call); the
+# kernel reads A's rows in place. Measured on one thread (CPU time, GFLOP/s packed / OpenBLAS
+# / ONNX Runtime's MLAS, best of 5, two runs): 128x768x3072 193-209 / 149-181 / 182-198,
+# 128x768x768 200-218 / 189-196 / 188-217, 128x3072x768 195-203 / 158-185 / 148-194,
+# 32x784x1024 200-203 / 143-147 / 186-194. Rows 1-3 stream the packed tiles once per row,
 # contiguously (OpenBLAS's gemv strides through B's rows); 4-15 rows stay on OpenBLAS.
 PACKED_GEMM = True  # False: every product on OpenBLAS (for A/B measurements)
 PACKED_MIN_ROWS = 16
@@ -67,9 +68,7 @@ PACKED_GEMV_ROWS = 4  # NK_GEMV_ROWS in nk_packed.c
 def _packed_pays(m: int, k: int, n: int) -> bool:
     if not PACKED_GEMM:
         return False
-    if m < PACKED_GEMV_ROWS:
-        return True
-    return m >= PACKED_MIN_ROWS and (m < 64 or k >= 2 * n)
+    return m < PACKED_GEMV_ROWS or m >= PACKED_MIN_ROWS
 
 
 def _pack_b(lw: Lowering, step: GemmStep) -> GemmStep:

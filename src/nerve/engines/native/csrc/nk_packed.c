@@ -84,6 +84,47 @@ NK_UKERNEL(1)
 NK_UKERNEL(2)
 NK_UKERNEL(3)
 
+/* The same tile with A read in place from mr rows of a row-major matrix (row stride lda): a
+ * product's A is used once per column tile, so packing it (a transposing copy per K block and
+ * column chunk) cost as much as 10% of the product. Rows past mr repeat the last row (their
+ * results are never stored), so nothing past the matrix is read. */
+#define NK_UKERNEL_ROWS(NV)                                                                       \
+    static void ukrows_##NV(int64_t kc, const float *a, int64_t lda, const float *b, float *c,  \
+                            int64_t ldc, int mr, int nr, int accumulate) {                        \
+        const float *const bias = NULL;                                                           \
+        const float *ar[NK_MR];                                                                   \
+        for (int i = 0; i < NK_MR; i++) ar[i] = a + (i < mr ? i : mr - 1) * lda;                  \
+        __m512 acc[NK_MR][NV];                                                                    \
+        NK_TILE_INIT(NV);                                                                         \
+        for (int64_t k = 0; k < kc; k++) {                                                        \
+            __m512 bv[NV];                                                                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
+                bv[v] = _mm512_loadu_ps(b + k * NK_NR + 16 * v);                                  \
+            _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                             \
+                __m512 av = _mm512_set1_ps(ar[i][k]);                                             \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                              \
+                    acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                            \
+            }                                                                                     \
+        }                                                                                         \
+        NK_TILE_MASKS(NV);                                                                        \
+        NK_TILE_STORE(NV);                                                                        \
+    }
+
+NK_UKERNEL_ROWS(1)
+NK_UKERNEL_ROWS(2)
+NK_UKERNEL_ROWS(3)
+
+static void ukernel_rows(int64_t kc, const float *a, int64_t lda, const float *b, float *c,
+                         int64_t ldc, int mr, int nr, int accumulate) {
+    int nv = (nr + 15) / 16;
+    if (nv >= 3)
+        ukrows_3(kc, a, lda, b, c, ldc, mr, nr, accumulate);
+    else if (nv == 2)
+        ukrows_2(kc, a, lda, b, c, ldc, mr, nr, accumulate);
+    else
+        ukrows_1(kc, a, lda, b, c, ldc, mr, nr, accumulate);
+}
+
 /* The same tile with B read in place: row k of the B tile is b + offs[k] (unaligned, masked to
  * the nr valid columns so a tile at the end of a buffer never reads past it). */
 #define NK_UKERNEL_DIRECT(NV)                                                                     \
@@ -178,6 +219,22 @@ void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ld
         const float *bk = b + k * NK_NR;
         for (int i = 0; i < NK_MR; i++) {
             float av = a[k * NK_MR + i];
+            for (int j = 0; j < NK_NR; j++) acc[i][j] += av * bk[j];
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *row = c + i * ldc;
+        for (int j = 0; j < nr; j++) row[j] = accumulate ? row[j] + acc[i][j] : acc[i][j];
+    }
+}
+
+static void ukernel_rows(int64_t kc, const float *a, int64_t lda, const float *b, float *c,
+                         int64_t ldc, int mr, int nr, int accumulate) {
+    float acc[NK_MR][NK_NR] = {{0}};
+    for (int64_t k = 0; k < kc; k++) {
+        const float *bk = b + k * NK_NR;
+        for (int i = 0; i < mr; i++) {
+            float av = a[i * lda + k];
             for (int j = 0; j < NK_NR; j++) acc[i][j] += av * bk[j];
         }
     }
@@ -659,8 +716,6 @@ typedef struct {
 static void mmp_task(void *ctx, int64_t u0, int64_t u1) {
     const mmp_job *j = (const mmp_job *)ctx;
     const int64_t M = j->M, N = j->N, K = j->K, kc_max = k_block(K);
-    float *ap = thread_buffer(0, (size_t)(kc_max * NK_MR));
-    if (!ap) return; /* out of memory */
     for (int64_t u = u0; u < u1; u++) {
         int64_t cc = u % j->cchunks, rc = u / j->cchunks;
         int64_t t0 = cc * j->ctiles, t1 = t0 + j->ctiles < j->tiles ? t0 + j->ctiles : j->tiles;
@@ -672,19 +727,11 @@ static void mmp_task(void *ctx, int64_t u0, int64_t u1) {
             for (int64_t p = p0; p < p1; p++) {
                 int64_t m0 = p * NK_MR;
                 int mr = (int)(M - m0 < NK_MR ? M - m0 : NK_MR);
-                for (int i = 0; i < NK_MR; i++) {
-                    if (i < mr) {
-                        const float *row = j->A + (m0 + i) * K + k0;
-                        for (int64_t k = 0; k < kc; k++) ap[k * NK_MR + i] = row[k];
-                    } else {
-                        for (int64_t k = 0; k < kc; k++) ap[k * NK_MR + i] = 0.0f;
-                    }
-                }
                 for (int64_t t = t0; t < t1; t++) {
                     int64_t n0 = t * NK_NR;
                     int nr = (int)(N - n0 < NK_NR ? N - n0 : NK_NR);
-                    nk_ukernel(kc, ap, j->B + (t * K + k0) * NK_NR, j->Y + m0 * N + n0, N, mr,
-                               nr, k0 > 0, NULL);
+                    ukernel_rows(kc, j->A + m0 * K + k0, K, j->B + (t * K + k0) * NK_NR,
+                                 j->Y + m0 * N + n0, N, mr, nr, k0 > 0);
                 }
             }
         }
