@@ -272,6 +272,56 @@ def test_channel_vector_kernel_on_odd_shapes(
     np.testing.assert_allclose(env["y"], want, rtol=1e-4, atol=1e-4)
 
 
+# Convolutions whose epilogue is one Relu or Clip clamp in registers as they store (no pass
+# over the output). Bounds: none, literal, scalar weights, and a NaN bound (Clip is then NaN
+# everywhere, which only the epilogue computes). Inputs carry NaNs, which must survive.
+_CONV_KINDS = {
+    "pixel_vector": ((1, 6, 11, 13), (10, 6, 3, 3), 1),
+    "channel_vector": ((1, 6, 7, 7), (70, 6, 3, 3), 1),
+    "depthwise": ((1, 6, 11, 13), (6, 1, 3, 3), 6),
+    "depthwise_s2": ((1, 6, 11, 13), (6, 1, 3, 3), 6),
+}
+_ACTIVATIONS = {
+    "relu": ([], {}),
+    "clip_0_6": (["lo", "hi"], {"lo": 0.0, "hi": 6.0}),
+    "clip_max_only": (["", "hi"], {"hi": 0.5}),
+    "clip_nan_bound": (["lo", "hi"], {"lo": float("nan"), "hi": 6.0}),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(_ACTIVATIONS))
+@pytest.mark.parametrize("kind", sorted(_CONV_KINDS))
+def test_conv_clamps_in_registers(
+    monkeypatch: pytest.MonkeyPatch, kind: str, activation: str
+) -> None:
+    from nerve.engines.native import lower_gemm
+
+    monkeypatch.setattr(lower_gemm, "CVEC_MIN_DEPTH", 1)
+    monkeypatch.setattr(lower_gemm, "CVEC_MAX_IDLE", 1.0)
+    xs, ws, group = _CONV_KINDS[kind]
+    rng = np.random.default_rng(9)
+    x = rand(rng, *xs)
+    x[0, 0, 2, 3] = np.nan
+    feeds = {"x": x}
+    bounds, values = _ACTIVATIONS[activation]
+    weights = {"w": rand(rng, *ws), "b": rand(rng, ws[0])}
+    weights.update({k: np.array(v, np.float32) for k, v in values.items()})
+    strides = [2, 2] if kind.endswith("_s2") else [1, 1]
+    conv = node("Conv", ["x", "w", "b"], "c", pads=[1, 1, 1, 1], group=group, strides=strides)
+    act = node("Relu", ["c"]) if activation == "relu" else node("Clip", ["c", *bounds])
+    model = make([conv, act], feeds, ["y"], weights)
+    graph, exe = _native_build(model)
+    if activation == "clip_nan_bound":
+        assert "if (cl.lo == cl.lo" in exe.code.code  # the kernel clamps unless a bound is NaN
+    else:
+        assert "const nk_clamp cl" in exe.code.code and ", &cl)" in exe.code.code
+    env = {**graph.weights, **feeds}
+    exe.run(env)
+    want = nerve.compile(model, target="host").run(feeds)["y"]
+    np.testing.assert_allclose(env["y"], want, rtol=1e-4, atol=1e-4)  # NaNs where host has them
+    assert np.isnan(env["y"]).any()
+
+
 def test_portable_packed_kernel_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
     """Built without AVX-512 flags, the packed layouts run through the portable loop."""
     import dataclasses

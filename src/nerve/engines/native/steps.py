@@ -9,6 +9,7 @@ distinct one once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nerve.engines.native.buffers import BufferPlan
@@ -198,24 +199,72 @@ class ConvStep(_WithEpilogue):
             return 0
         return (c // g) * kh * kw * oh * ow * 4
 
+    def clamp(self, em: Emitter) -> tuple[str, str] | None:
+        """C expressions (lo, hi) when the epilogue is one Relu or Clip of the conv's result:
+        the kernels then clamp in registers as they store, with no pass over the output.
+        Clip bounds that are tensors (a scalar weight) are read when the step runs."""
+        from nerve.engines.native.elementwise import lit
+
+        if len(self.chain.ops) != 1 or not self.chain.ops[0].args:
+            return None
+        op = self.chain.ops[0]
+        if op.args[0] != ("acc", 0):
+            return None
+        if op.node.op_type == "Relu":
+            return "0.0f", "INFINITY"
+        if op.node.op_type != "Clip":
+            return None
+        bounds = []
+        for i, default in ((1, "(-INFINITY)"), (2, "INFINITY")):
+            kind, value = op.args[i] if i < len(op.args) else ("none", 0)
+            if kind == "none":
+                bounds.append(default)
+            elif kind == "literal":
+                if math.isnan(float(value)):
+                    return None  # Clip to NaN is NaN everywhere: the epilogue says so
+                bounds.append(lit(float(value)))
+            elif kind == "operand":
+                operand = self.chain.operands[int(value)]
+                if operand.ctype != "float" or any(operand.strides):
+                    return None  # not one float for the whole output
+                bounds.append(f"{em.ptr(operand.name)}[0]")
+            else:
+                return None
+        return bounds[0], bounds[1]
+
     def emit(self, em: Emitter, index: int) -> list[str]:
         lines = ["{", f"    static const nk_conv d = {_ints(self.desc)};"]
-        lines += ["    " + s for s in self.epilogue_args(em)]
-        ep, ea = self.epilogue(em)
         bias = em.ptr(self.bias) if self.bias else "NULL"
         if self.wpack:
             kernel = "nk_conv2d_cvec" if self.cvec else "nk_conv2d_packed"
-            lines.append(
-                f"    {kernel}(nt, &d, {em.ptr(self.x)}, {em.ptr(self.wpack)}, {bias}, "
-                f"{em.ptr(self.out)}, {ep}, {ea});"
+            call = (
+                f"{kernel}(nt, &d, {em.ptr(self.x)}, {em.ptr(self.wpack)}, {bias}, "
+                f"{em.ptr(self.out)}, @EP@);"
             )
-            lines.append("}")
-            return lines
-        work = em.workspace(index) if self.workspace() else "NULL"
-        lines.append(
-            f"    nk_conv2d(nt, &d, {em.ptr(self.x)}, {em.ptr(self.w)}, {bias}, "
-            f"{em.ptr(self.out)}, {work}, {ep}, {ea});"
-        )
+        else:
+            work = em.workspace(index) if self.workspace() else "NULL"
+            call = (
+                f"nk_conv2d(nt, &d, {em.ptr(self.x)}, {em.ptr(self.w)}, {bias}, "
+                f"{em.ptr(self.out)}, {work}, @EP@);"
+            )
+        bounds = self.clamp(em)
+        if bounds is None:
+            lines += ["    " + s for s in self.epilogue_args(em)]
+            ep, ea = self.epilogue(em)
+            lines.append("    " + call.replace("@EP@", f"{ep}, {ea}, NULL"))
+        elif all(b.endswith("[0]") is False for b in bounds):
+            lines.append(f"    const nk_clamp cl = {{{bounds[0]}, {bounds[1]}}};")
+            lines.append("    " + call.replace("@EP@", "NULL, NULL, &cl"))
+        else:
+            # Bounds read from tensors: a NaN bound makes Clip NaN, which only the epilogue
+            # computes; every other value clamps in the kernel.
+            lines.append(f"    const nk_clamp cl = {{{bounds[0]}, {bounds[1]}}};")
+            lines += ["    " + s for s in self.epilogue_args(em)]
+            ep, ea = self.epilogue(em)
+            lines.append("    if (cl.lo == cl.lo && cl.hi == cl.hi)")
+            lines.append("        " + call.replace("@EP@", "NULL, NULL, &cl"))
+            lines.append("    else")
+            lines.append("        " + call.replace("@EP@", f"{ep}, {ea}, NULL"))
         lines.append("}")
         return lines
 

@@ -26,6 +26,19 @@ extern "C" {
 typedef void (*nk_epilogue)(const void *const *args, int nt, int64_t b, int64_t m0, int64_t m1,
                             int64_t n0, int64_t n1);
 
+/* An activation a convolution applies as it stores its output, in registers, instead of an
+ * epilogue pass: y = min(max(y, lo), hi), NaN kept (Relu: lo 0, hi +inf; Clip: its bounds). */
+typedef struct nk_clamp {
+    float lo, hi;
+} nk_clamp;
+
+/* y clamped to [clamp->lo, clamp->hi] with NaN kept (as the epilogue's Relu and Clip do), or
+ * y itself when clamp is NULL. */
+static inline float nk_clampf(float y, const nk_clamp *clamp) {
+    if (!clamp || y != y) return y;
+    return y < clamp->lo ? clamp->lo : (y > clamp->hi ? clamp->hi : y);
+}
+
 /* Parallel loop over [0, n) in chunks of `grain` on up to `nt` threads (the caller included).
  * fn(ctx, begin, end) runs on each chunk; the call returns when all chunks are done, without
  * waiting for a pool thread that never got to run (see nk_threads.c). Nested calls run
@@ -68,7 +81,8 @@ int64_t nk_conv2d_workspace(const nk_conv *d);
 /* y = conv(x, w) + bias (bias may be NULL); ep (may be NULL) runs on each finished block with
  * b = image, m = output channel, n = output pixel. */
 void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const float *bias,
-               float *y, float *work, nk_epilogue ep, const void *const *ep_args);
+               float *y, float *work, nk_epilogue ep, const void *const *ep_args,
+               const nk_clamp *clamp);
 
 /* Copy an H x W plane into a PH x PW buffer at offset (pt, pl), `fill` everywhere else. */
 void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t PH,
@@ -93,7 +107,8 @@ int64_t nk_conv_packed_floats(const nk_conv *d);
 /* nk_conv2d over packed weights (any group count). No im2col: B rows are read in place from
  * the input, or from per-channel stride-phase planes of its padded copy. */
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
-                      const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+                      const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
+                      const nk_clamp *clamp);
 /* The same convolution (G = 1) with output channels in the vector lanes, for small maps:
  * weights packed as [ceil(O / NK_CV_NB)][K][NK_CV_NB] (zero-padded channels), tiles of
  * NK_CV_MT pixels of one output row x NK_CV_NB channels. */
@@ -101,7 +116,8 @@ void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpa
 #define NK_CV_MT 7
 int64_t nk_conv_cvec_floats(const nk_conv *d);
 void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
-                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
+                    const nk_clamp *clamp);
 
 /* Y (M x N) = A (M x K, row-major) . B for a constant B packed once as [ceil(N / NK_NR)][K][NK_NR]
  * column tiles (zero-padded); ep runs on each finished block (b = 0, m = row, n = column). */

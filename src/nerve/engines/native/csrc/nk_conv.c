@@ -64,6 +64,12 @@ static void add_bias(const float *bias, float *y, int64_t P, int64_t m0, int64_t
     }
 }
 
+/* The activation over n stored values (the paths that do not clamp in registers). */
+static void clamp_plane(float *y, int64_t n, const nk_clamp *clamp) {
+    if (clamp)
+        for (int64_t i = 0; i < n; i++) y[i] = nk_clampf(y[i], clamp);
+}
+
 /* Direct convolution of one output channel plane from its single input plane. */
 static void conv_plane(const nk_conv *d, const float *x, const float *w, float b, float *y) {
     const int64_t H = d->H, W = d->W, OH = d->OH, OW = d->OW;
@@ -122,7 +128,9 @@ void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, 
  * 2 loads two vectors and keeps the even lanes. Reads up to 40 floats past the plane (slack
  * the caller reserves; those lanes are discarded). */
 static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, int64_t SH,
-                         int64_t SW, const float *w, float b, float *y) {
+                         int64_t SW, const float *w, float b, float *y, const nk_clamp *clamp) {
+    const __m512 lo = _mm512_set1_ps(clamp ? clamp->lo : 0.0f);
+    const __m512 hi = _mm512_set1_ps(clamp ? clamp->hi : 0.0f);
     __m512 wv[9];
     for (int t = 0; t < 9; t++) wv[t] = _mm512_set1_ps(w[t]);
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4,
@@ -147,6 +155,7 @@ static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, i
                     acc = _mm512_fmadd_ps(wv[r * 3 + kx], v, acc);
                 }
             }
+            if (clamp) acc = _mm512_min_ps(hi, _mm512_max_ps(lo, acc)); /* NaN kept */
             _mm512_mask_storeu_ps(y + oy * OW + ox0, mask, acc);
         }
     }
@@ -155,7 +164,8 @@ static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, i
 
 /* 3x3 undilated depthwise plane through a zero-padded copy: no bounds checks in the taps, and
  * the output row loop vectorises (stride 1: plain loads; stride 2: even lanes). */
-static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float b, float *y) {
+static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float b, float *y,
+                         const nk_clamp *clamp) {
     const int64_t OH = d->OH, OW = d->OW, SH = d->SH, SW = d->SW;
     const int64_t PH = (OH - 1) * SH + 3, PW = (OW - 1) * SW + 3;
     float buf[16384 + 64];
@@ -163,7 +173,7 @@ static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float
     nk_pad_plane(x, d->H, d->W, d->PT, d->PL, PH, PW, 0.0f, buf);
 #if defined(__AVX512F__)
     if (SW <= 2) {
-        dw3x3_avx512(buf, PW, OH, OW, SH, SW, w, b, y);
+        dw3x3_avx512(buf, PW, OH, OW, SH, SW, w, b, y, clamp);
         return 1;
     }
 #endif
@@ -203,6 +213,7 @@ static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float
             }
         }
     }
+    clamp_plane(y, OH * OW, clamp);
     return 1;
 }
 
@@ -212,6 +223,7 @@ typedef struct {
     float *y, *work;
     nk_epilogue ep;
     const void *const *ep_args;
+    const nk_clamp *clamp;
     /* per group */
     const float *xg, *wg;
     int64_t n, mbase, tile, mblock;
@@ -230,8 +242,10 @@ static void per_channel_task(void *ctx, int64_t i0, int64_t i1) {
         int64_t n = i / d->O, o = i % d->O, c = o / mult;
         const float *plane = j->x + (n * d->C + c) * d->H * d->W;
         float b = j->bias ? j->bias[o] : 0.0f;
-        if (!(fast3x3 && conv3x3_plane(d, plane, j->w + o * ksz, b, j->y + i * P)))
+        if (!(fast3x3 && conv3x3_plane(d, plane, j->w + o * ksz, b, j->y + i * P, j->clamp))) {
             conv_plane(d, plane, j->w + o * ksz, b, j->y + i * P);
+            clamp_plane(j->y + i * P, P, j->clamp);
+        }
         if (j->ep && (i + 1 == i1 || (i + 1) % d->O == 0 || i + 1 - pending >= batch)) {
             j->ep(j->ep_args, 1, n, pending - n * d->O, o + 1, 0, P);
             pending = i + 1;
@@ -266,6 +280,8 @@ static void pixel_tile_task(void *ctx, int64_t t0, int64_t t1) {
         }
         nk_sgemm_st(0, 0, Og, q1 - q0, K, 1.0f, j->wg, K, bm, ldb, yg + q0, P);
         add_bias(j->bias, j->y + j->n * d->O * P, P, j->mbase, j->mbase + Og, q0, q1);
+        if (j->clamp)
+            for (int64_t m = 0; m < Og; m++) clamp_plane(yg + m * P + q0, q1 - q0, j->clamp);
         if (j->ep) j->ep(j->ep_args, 1, j->n, j->mbase, j->mbase + Og, q0, q1);
     }
 }
@@ -287,12 +303,14 @@ static void channel_block_task(void *ctx, int64_t b0, int64_t b1) {
     if (m1 <= m0) return;
     nk_sgemm_st(0, 0, m1 - m0, P, K, 1.0f, j->wg + m0 * K, K, bm, P, yg + m0 * P, P);
     add_bias(j->bias, j->y + j->n * d->O * P, P, j->mbase + m0, j->mbase + m1, 0, P);
+    clamp_plane(yg + m0 * P, (m1 - m0) * P, j->clamp);
     if (j->ep) j->ep(j->ep_args, 1, j->n, j->mbase + m0, j->mbase + m1, 0, P);
 }
 
 void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const float *bias,
-               float *y, float *work, nk_epilogue ep, const void *const *ep_args) {
-    conv_job j = {d, x, w, bias, y, work, ep, ep_args, NULL, NULL, 0, 0, 0, 0};
+               float *y, float *work, nk_epilogue ep, const void *const *ep_args,
+               const nk_clamp *clamp) {
+    conv_job j = {d, x, w, bias, y, work, ep, ep_args, clamp, NULL, NULL, 0, 0, 0, 0};
     if (is_per_channel(d)) {
         conv_per_channel(nt, &j);
         return;

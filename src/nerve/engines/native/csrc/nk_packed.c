@@ -55,6 +55,9 @@
                 __m512 r = acc[i][v];                                                             \
                 if (accumulate)                                                                   \
                     r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));           \
+                if (clamp) /* max(lo, r), min(hi, r): r when r is NaN */                          \
+                    r = _mm512_min_ps(_mm512_set1_ps(clamp->hi),                                  \
+                                      _mm512_max_ps(_mm512_set1_ps(clamp->lo), r));               \
                 _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
             }                                                                                     \
         }                                                                                         \
@@ -64,6 +67,7 @@
 #define NK_UKERNEL(NV)                                                                            \
     static void ukernel_##NV(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, \
                              int mr, int nr, int accumulate, const float *bias) {                 \
+        const nk_clamp *const clamp = NULL;                                                       \
         __m512 acc[NK_MR][NV];                                                                    \
         NK_TILE_INIT(NV);                                                                         \
         for (int64_t k = 0; k < kc; k++) {                                                        \
@@ -92,6 +96,7 @@ NK_UKERNEL(3)
     static void ukrows_##NV(int64_t kc, const float *a, int64_t lda, const float *b, float *c,  \
                             int64_t ldc, int mr, int nr, int accumulate) {                        \
         const float *const bias = NULL;                                                           \
+        const nk_clamp *const clamp = NULL;                                                       \
         const float *ar[NK_MR];                                                                   \
         for (int i = 0; i < NK_MR; i++) ar[i] = a + (i < mr ? i : mr - 1) * lda;                  \
         __m512 acc[NK_MR][NV];                                                                    \
@@ -130,7 +135,7 @@ static void ukernel_rows(int64_t kc, const float *a, int64_t lda, const float *b
 #define NK_UKERNEL_DIRECT(NV)                                                                     \
     static void ukdirect_##NV(int64_t kc, const float *a, const float *b, const int64_t *offs,   \
                               float *c, int64_t ldc, int mr, int nr, int accumulate,              \
-                              const float *bias) {                                                \
+                              const float *bias, const nk_clamp *clamp) {                         \
         __m512 acc[NK_MR][NV];                                                                    \
         NK_TILE_MASKS(NV);                                                                        \
         NK_TILE_INIT(NV);                                                                         \
@@ -157,7 +162,8 @@ NK_UKERNEL_DIRECT(3)
  * broadcast B element, where the 16-wide tile spent 8 broadcasts and 8 FMAs on one useful
  * lane. Four accumulators over k mod 4 hide the FMA latency. */
 static void ukdirect_col(int64_t kc, const float *a, const float *b, const int64_t *offs,
-                         float *c, int64_t ldc, int mr, int accumulate, const float *bias) {
+                         float *c, int64_t ldc, int mr, int accumulate, const float *bias,
+                         const nk_clamp *clamp) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     int64_t k = 0;
@@ -173,22 +179,22 @@ static void ukdirect_col(int64_t kc, const float *a, const float *b, const int64
     _mm256_storeu_ps(out, sum);
     for (int i = 0; i < mr; i++) {
         float r = out[i] + (bias ? bias[i] : 0.0f);
-        c[i * ldc] = accumulate ? c[i * ldc] + r : r;
+        c[i * ldc] = nk_clampf(accumulate ? c[i * ldc] + r : r, clamp);
     }
 }
 
 static void ukernel_direct(int64_t kc, const float *a, const float *b, const int64_t *offs,
                            float *c, int64_t ldc, int mr, int nr, int accumulate,
-                           const float *bias) {
+                           const float *bias, const nk_clamp *clamp) {
     int nv = (nr + 15) / 16;
     if (nr == 1)
-        ukdirect_col(kc, a, b, offs, c, ldc, mr, accumulate, bias);
+        ukdirect_col(kc, a, b, offs, c, ldc, mr, accumulate, bias, clamp);
     else if (nv >= 3)
-        ukdirect_3(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+        ukdirect_3(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias, clamp);
     else if (nv == 2)
-        ukdirect_2(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+        ukdirect_2(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias, clamp);
     else
-        ukdirect_1(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias);
+        ukdirect_1(kc, a, b, offs, c, ldc, mr, nr, accumulate, bias, clamp);
 }
 
 int nk_packed_isa(void) { return 512; }
@@ -246,7 +252,7 @@ static void ukernel_rows(int64_t kc, const float *a, int64_t lda, const float *b
 
 static void ukernel_direct(int64_t kc, const float *a, const float *b, const int64_t *offs,
                            float *c, int64_t ldc, int mr, int nr, int accumulate,
-                           const float *bias) {
+                           const float *bias, const nk_clamp *clamp) {
     float acc[NK_MR][NK_NR];
     for (int i = 0; i < NK_MR; i++) {
         float init = bias && i < mr ? bias[i] : 0.0f;
@@ -261,7 +267,8 @@ static void ukernel_direct(int64_t kc, const float *a, const float *b, const int
     }
     for (int i = 0; i < mr; i++) {
         float *row = c + i * ldc;
-        for (int j = 0; j < nr; j++) row[j] = accumulate ? row[j] + acc[i][j] : acc[i][j];
+        for (int j = 0; j < nr; j++)
+            row[j] = nk_clampf(accumulate ? row[j] + acc[i][j] : acc[i][j], clamp);
     }
 }
 #endif
@@ -327,6 +334,7 @@ typedef struct {
     float *y;
     nk_epilogue ep;
     const void *const *ep_args;
+    const nk_clamp *clamp; /* applied as the last K block is stored (or NULL) */
     float *phases;         /* the phase planes (NULL: the input is read in place) */
     const float *src;      /* phases, or x */
     const int64_t *offs;   /* per tap k of one group: offset into the group's src */
@@ -430,7 +438,7 @@ static void convp_task(void *ctx, int64_t u0, int64_t u1) {
                     float *c = staged ? tmp + (op - op0) * NK_MR * ldt + (q0 - pp0)
                                       : yg + m0 * P + q0;
                     ukernel_direct(kc, a, sg + q0, j->offs + k0, c, staged ? ldt : P, mr, nr,
-                                   k0 > 0, bias);
+                                   k0 > 0, bias, k1 == K ? j->clamp : NULL);
                 }
             }
         }
@@ -491,22 +499,24 @@ static int convp_setup(int nt, const nk_conv *d, const float *x, convp_job *j) {
 
 /* No input channels: the output is the bias. */
 static void conv_bias_only(const nk_conv *d, const float *bias, float *y, nk_epilogue ep,
-                           const void *const *ep_args) {
+                           const void *const *ep_args, const nk_clamp *clamp) {
     const int64_t P = d->OH * d->OW;
     for (int64_t n = 0; n < d->N; n++)
         for (int64_t o = 0; o < d->O; o++)
-            for (int64_t p = 0; p < P; p++) y[(n * d->O + o) * P + p] = bias ? bias[o] : 0.0f;
+            for (int64_t p = 0; p < P; p++)
+                y[(n * d->O + o) * P + p] = nk_clampf(bias ? bias[o] : 0.0f, clamp);
     if (ep)
         for (int64_t n = 0; n < d->N; n++) ep(ep_args, 1, n, 0, d->O, 0, P);
 }
 
 void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpack,
-                      const float *bias, float *y, nk_epilogue ep, const void *const *ep_args) {
+                      const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
+                      const nk_clamp *clamp) {
     const int64_t G = d->G, Cg = d->C / G, Og = d->O / G, K = Cg * d->KH * d->KW;
     const int64_t P = d->OH * d->OW;
     if (P <= 0 || Og <= 0) return;
     if (K == 0) {
-        conv_bias_only(d, bias, y, ep, ep_args);
+        conv_bias_only(d, bias, y, ep, ep_args, clamp);
         return;
     }
     convp_job j;
@@ -516,6 +526,7 @@ void nk_conv2d_packed(int nt, const nk_conv *d, const float *x, const float *wpa
     j.y = y;
     j.ep = ep;
     j.ep_args = ep_args;
+    j.clamp = clamp;
     if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
     if (!convp_setup(nt, d, x, &j)) return;
     j.panels = (Og + NK_MR - 1) / NK_MR;
@@ -649,13 +660,15 @@ static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
         float *yn = c->y + n * O * P;
         for (int64_t o = o0; o < o1; o++) {
             const float b = c->bias ? c->bias[o] : 0.0f;
+            const nk_clamp *cl = c->clamp;
             float *yo = yn + o * P;
             for (int64_t r = r0; r < r1; r++) {
                 for (int64_t t = 0; t < rt; t++) {
                     int64_t ox = t * NK_CV_MT;
                     int mt = (int)(OW - ox < NK_CV_MT ? OW - ox : NK_CV_MT);
                     const float *tile = io + ((r - r0) * rt + t) * NK_CV_MT * NK_CV_NB + (o - o0);
-                    for (int i = 0; i < mt; i++) yo[r * OW + ox + i] = tile[i * NK_CV_NB] + b;
+                    for (int i = 0; i < mt; i++)
+                        yo[r * OW + ox + i] = nk_clampf(tile[i * NK_CV_NB] + b, cl);
                 }
             }
         }
@@ -664,11 +677,12 @@ static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
 }
 
 void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
-                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args) {
+                    const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
+                    const nk_clamp *clamp) {
     const int64_t K = d->C * d->KH * d->KW, P = d->OH * d->OW;
     if (P <= 0 || d->O <= 0) return;
     if (K == 0) {
-        conv_bias_only(d, bias, y, ep, ep_args);
+        conv_bias_only(d, bias, y, ep, ep_args, clamp);
         return;
     }
     cvec_job j;
@@ -678,6 +692,7 @@ void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
     j.c.y = y;
     j.c.ep = ep;
     j.c.ep_args = ep_args;
+    j.c.clamp = clamp;
     if (nt < 1 || 2.0 * (double)d->O * (double)P * (double)K * (double)d->N < 262144.0) nt = 1;
     if (!convp_setup(nt, d, x, &j.c)) return;
     j.oblocks = (d->O + NK_CV_NB - 1) / NK_CV_NB;
