@@ -190,10 +190,20 @@ def make_runners(
 # ---- measuring ----------------------------------------------------------------------------
 
 
-def measure(runners: Sequence[Runner], seconds: float = 3.0, rounds: int = 5) -> list[Stats]:
+# Pause before each block: runtimes' worker threads spin after a call (ONNX Runtime's pool,
+# OpenMP in torch: up to ~200 ms), and on a 2-core machine a spinning thread of the previous
+# runtime takes a core from the next one. Measured with torch in the line-up, nerve fp32
+# GEMMs dropped to a few GFLOP/s in the block right after torch's.
+SETTLE_S = 0.25
+
+
+def measure(
+    runners: Sequence[Runner], seconds: float = 3.0, rounds: int = 5, settle: float = SETTLE_S
+) -> list[Stats]:
     """Interleaved timing: ``rounds`` rounds, each giving every runner a block of runs.
 
     Each runner gets about ``seconds`` of timed runs in total (at least one run per block).
+    Before each block the machine is left idle for ``settle`` seconds (see ``SETTLE_S``).
     """
     for r in runners:  # first run: lazy initialisation, page faults
         r.call()
@@ -206,7 +216,8 @@ def measure(runners: Sequence[Runner], seconds: float = 3.0, rounds: int = 5) ->
     stats = [Stats(r.name, r.version, r.compile_s) for r in runners]
     for _ in range(rounds):
         for r, s, n in zip(runners, stats, per_block):
-            r.call()  # untimed: let the previous runtime's threads go quiet
+            time.sleep(settle)
+            r.call()  # untimed: caches and this runtime's threads warm again
             for _ in range(n):
                 start = time.perf_counter()
                 r.call()

@@ -48,7 +48,7 @@ def test_bench_rejects_unknown_peers(model_path: str, capsys: pytest.CaptureFixt
 def test_measure_interleaves_and_counts_runs() -> None:
     calls: list[str] = []
     runners = [Runner(n, "1", 0.0, lambda n=n: calls.append(n)) for n in ("a", "b")]
-    stats = measure(runners, seconds=0.01, rounds=3)
+    stats = measure(runners, seconds=0.01, rounds=3, settle=0.0)
     assert [s.name for s in stats] == ["a", "b"]
     assert all(len(s.times_ms) >= 3 for s in stats)
     # Interleaved: both runtimes appear in every round, not one after the other.
