@@ -10,6 +10,8 @@ register is the output. A step's attributes are a tuple of ``(name, value)`` pai
 * ``FusedConv(x, W, [B], *extra)`` — ``Conv`` (attributes as Conv's), then ``epilogue``.
 * ``FusedMatMul(A, B, [C], *extra)`` — ``MatMul(A, B) + C``, or with ``gemm=1``
   ``Gemm(A, B, C; transB, alpha, beta)``; then ``epilogue``.
+* Both take ``operands="bfloat16"`` (:data:`OPERANDS`): A/x and B/W are read rounded to
+  bfloat16 (a bfloat16 tensor is widened), products and sums stay float32.
 * ``FusedElementwise(*inputs)`` — runs ``program`` over its inputs.
 * ``Attention(Q, Kt, V, [mask], [scale])`` — ``MatMul(Softmax(MatMul(Q, Kt) * scale + mask),
   V)``; ``Kt`` is K already transposed, as the pattern found it. The scale is the ``scale``
@@ -34,7 +36,7 @@ from nerve.errors import ShapeError
 from nerve.ir.graph import Node
 from nerve.ir.infer import infer_node
 from nerve.ir.opset import register_op
-from nerve.ir.types import TensorType
+from nerve.ir.types import DType, TensorType
 
 # One step of an elementwise program: (op_type, input registers, attributes).
 Step = tuple[str, tuple[int, ...], tuple[tuple[str, Any], ...]]
@@ -42,6 +44,10 @@ Program = tuple[Step, ...]
 
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 GEMM_ATTRS = ("alpha", "beta", "transB")
+# FusedConv / FusedMatMul attribute: "bfloat16" = inputs 0 and 1 are read rounded to bfloat16
+# (float32 values round to nearest even, bfloat16 ones are widened); the products and sums
+# stay float32 (what AMX and AVX512-BF16 compute; the precision pass sets it).
+OPERANDS = "operands"
 
 FUSED_OPS = (
     "Attention", "FusedConv", "FusedElementwise", "FusedMatMul", "LayerNorm", "RMSNorm",
@@ -105,8 +111,21 @@ def _epilogue(node: Node, main: TensorType, types: Types, consts: Consts, first:
     return out
 
 
+def _operand_types(node: Node, types: Types) -> Types:
+    """With narrowed operands, the types the float32 op over them would see."""
+    if node.attr(OPERANDS) != "bfloat16":
+        return types
+    wide = list(types)
+    for i in (0, 1):
+        t = wide[i] if i < len(wide) else None
+        if t is not None and t.dtype is DType.BFLOAT16:
+            wide[i] = TensorType(DType.FLOAT32, t.shape)
+    return wide
+
+
 @register_op("FusedConv", "Conv + optional bias + an elementwise epilogue")
 def _fused_conv(node: Node, types: Types, consts: Consts) -> list[TensorType]:
+    types = _operand_types(node, types)
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}
     conv = _inner("Conv", node.inputs[:3], attrs, types[:3])
     return [_epilogue(node, conv, types, consts, 3)]
@@ -114,6 +133,7 @@ def _fused_conv(node: Node, types: Types, consts: Consts) -> list[TensorType]:
 
 @register_op("FusedMatMul", "MatMul (or Gemm) + optional bias + an elementwise epilogue")
 def _fused_matmul(node: Node, types: Types, consts: Consts) -> list[TensorType]:
+    types = _operand_types(node, types)
     if node.attr("gemm", 0):
         attrs = {k: v for k, v in node.attrs.items() if k in GEMM_ATTRS}
         main = _inner("Gemm", node.inputs[:3], attrs, types[:3])
@@ -159,6 +179,7 @@ __all__ = [
     "CONV_ATTRS",
     "FUSED_OPS",
     "GEMM_ATTRS",
+    "OPERANDS",
     "Program",
     "Step",
     "infer_program",

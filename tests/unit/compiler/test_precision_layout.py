@@ -51,19 +51,22 @@ def test_bf16_policy_converts_only_its_ops() -> None:
     target = cpu_target(features=("avx2", "avx512f", "avx512_bf16"))
     plan = compile_plan(g, target, {"precision": "bf16", "fuse": False})
     graph = plan.graph
-    matmuls = [n for n in graph.nodes if n.op_type == "MatMul"]
-    # bf16 operands, float32 accumulation: each MatMul reads bf16-rounded operands (a Cast
-    # back from bfloat16) and still writes float32, as AMX / AVX512-BF16 do.
-    assert all(graph.types[n.outputs[0]].dtype is DType.FLOAT32 for n in matmuls)
-    producers = {o: n for n in graph.nodes for o in n.outputs}
+    # bf16 operands, float32 accumulation: each MatMul becomes a FusedMatMul marked
+    # operands=bfloat16 that reads its activation as it is (the kernel rounds it) and its
+    # weight from a bfloat16 slot, and still writes float32, as AMX / AVX512-BF16 do.
+    assert ops(graph) == ["nerve.FusedMatMul", "Relu", "nerve.FusedMatMul"]
+    matmuls = [n for n in graph.nodes if n.op_type == "FusedMatMul"]
     for mm in matmuls:
-        for operand in mm.inputs:
-            cast = producers[operand]
-            assert cast.op_type == "Cast" and graph.types[cast.inputs[0]].dtype is DType.BFLOAT16
+        assert mm.attrs["operands"] == "bfloat16" and mm.attrs["gemm"] == 0
+        assert graph.types[mm.inputs[0]].dtype is DType.FLOAT32
+        assert mm.inputs[1] in graph.params
+        assert graph.types[mm.inputs[1]].dtype is DType.BFLOAT16
+        assert graph.types[mm.outputs[0]].dtype is DType.FLOAT32
+    assert matmuls[0].inputs[0] == "x"
     relu = next(n for n in graph.nodes if n.op_type == "Relu")
     assert graph.types[relu.outputs[0]].dtype is DType.FLOAT32
     baked = run_recipes(plan, graph.weights)
-    slot = producers[matmuls[0].inputs[1]].inputs[0]
+    slot = matmuls[0].inputs[1]
     assert baked[slot].dtype == np.uint16
     np.testing.assert_allclose(bfloat16_to_float32(baked[slot]), plan.graph.weights["w1"],
                                rtol=1e-2)

@@ -1,13 +1,22 @@
 """Operand precision for the precision pass: bf16 or int8 operands, wide accumulation.
 
 AMX, AVX512-BF16 and VNNI multiply narrow operands and accumulate wide. The pass writes that
-into the graph with ops every engine already runs, so the host engine computes exactly what
-the hardware computes and a native engine can recognise the pattern and run it on tiles:
+into the graph with ops the host engine runs, so it computes exactly what the hardware
+computes (the oracle), and a native engine can recognise the form and run it on its kernels:
 
-bfloat16 — a MatMul/Gemm/Conv (fused or not) reads both operands rounded to bfloat16:
+bfloat16 — a MatMul/Gemm/Conv (fused or not) becomes a FusedMatMul/FusedConv marked
+``operands="bfloat16"``: it reads inputs 0 and 1 rounded to bfloat16 (round to nearest even)
+and multiplies and accumulates in float32, bias and epilogue following in float32. A weight
+operand becomes a bfloat16 slot (a bake recipe ``cast``; the native engine packs it into its
+kernels' pair layout), an activation is rounded by the kernel that reads it:
+
+    FusedMatMul[operands=bfloat16](x, W@cast (bf16 slot), bias; epilogue)
+
+A Gemm with transA (which FusedMatMul cannot express) keeps the explicit form, a float32 GEMM
+over operands rounded by Casts (counted as ``bf16_cast_form``):
 
     x ─Cast(bf16)─Cast(f32)─┐
-    W@cast (bf16 slot) ─Cast(f32)─ MatMul (float32 accumulation, float32 out)
+    W@cast (bf16 slot) ─Cast(f32)─ Gemm (float32 accumulation, float32 out)
 
 int8 — the weight is quantized per output channel, symmetric (a bake recipe: int8 values and
 the float32 scales), the activation per tensor to uint8 with a zero point from the calibrated
@@ -30,10 +39,11 @@ import numpy as np
 
 from nerve.compiler.bake import step
 from nerve.compiler.context import PassContext
+from nerve.compiler.passes.fuse import _as_fused as as_fused
 from nerve.errors import CompileError
 from nerve.ir import DType, Graph, Node, TensorType
 from nerve.ir.dtypes import bfloat16_to_float32, float32_to_bfloat16
-from nerve.ir.fused_ops import CONV_ATTRS
+from nerve.ir.fused_ops import CONV_ATTRS, OPERANDS
 
 
 def activation_quantization(low: float, high: float) -> tuple[np.float32, np.uint8]:
@@ -57,6 +67,7 @@ class OperandNarrower:
     def __init__(self, graph: Graph, ctx: PassContext) -> None:
         self.graph, self.ctx = graph, ctx
         self.rounded: dict[str, str] = {}  # value -> its bf16-rounded float32 copy
+        self.slots: dict[str, str] = {}  # weight -> its bfloat16 slot
         self.quantized: dict[str, tuple[str, str, np.float32]] = {}  # value -> (q, zp, scale)
         calibration = ctx.option("calibration")
         self.ranges: Mapping[str, Any] = calibration or {}
@@ -89,11 +100,40 @@ class OperandNarrower:
 
     # ---- bfloat16 ---------------------------------------------------------------------------
     def _bf16(self, node: Node) -> list[Node]:
+        if node.op_type == "Gemm" and not node.domain and node.attr("transA", 0):
+            # FusedMatMul has no transA: round the operands with Casts, multiply in float32.
+            self.ctx.count("bf16_cast_form")
+            return self._bf16_casts(node)
+        fused = as_fused(node)
+        inputs = list(fused.inputs)
+        for i in (0, 1):
+            inputs[i] = self._bf16_operand(inputs[i])
+        self.ctx.count("bf16_operands")
+        attrs = {**fused.attrs, OPERANDS: "bfloat16"}
+        return [Node(fused.op_type, inputs, list(fused.outputs), attrs, fused.name, fused.domain)]
+
+    def _bf16_operand(self, name: str) -> str:
+        """A weight becomes a bfloat16 slot; a constant its rounded float32 copy; an activation
+        stays as it is (the kernel rounds it)."""
+        if name in self.graph.params:
+            return self._bf16_slot(name)
+        if name in self.graph.constants:
+            return self._round(name, [])
+        return name
+
+    def _bf16_slot(self, name: str) -> str:
+        if name not in self.slots:
+            # The weight slot holds bfloat16 (what the tiles read); the host widens it.
+            low_type = TensorType(DType.BFLOAT16, self.graph.types[name].shape)
+            self.slots[name] = self.ctx.book.derive([name], step("cast", to="bfloat16"), low_type)
+            self.ctx.count("weight_cast")
+        return self.slots[name]
+
+    def _bf16_casts(self, node: Node) -> list[Node]:
         pre: list[Node] = []
         inputs = list(node.inputs)
         for i in (0, 1):
             inputs[i] = self._round(inputs[i], pre)
-        self.ctx.count("bf16_operands")
         narrowed = Node(node.op_type, inputs, list(node.outputs), dict(node.attrs), node.name,
                         node.domain)
         return [*pre, narrowed]
@@ -108,9 +148,7 @@ class OperandNarrower:
             rounded = self._constant(f"{name}@bf16", value, DType.FLOAT32)
         else:
             if name in self.graph.params:
-                # The weight slot holds bfloat16 (what the tiles read); the host widens it.
-                low = self.ctx.book.derive([name], step("cast", to="bfloat16"), low_type)
-                self.ctx.count("weight_cast")
+                low = self._bf16_slot(name)
             else:
                 low = self._value(f"{name}@bfloat16", low_type)
                 pre.append(self._node("Cast", [name], [low], {"to": DType.BFLOAT16.onnx},

@@ -29,6 +29,7 @@ from nerve.compiler.targets import (
     auto_policy,
 )
 from nerve.ir import DType, Graph, Node
+from nerve.ir.fused_ops import OPERANDS
 
 # The ISA features nerve's native engine can use, in the order reports list them.
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -58,6 +59,9 @@ _COMPUTE = (
     "nerve.FusedConv", "nerve.FusedMatMul", "nerve.FusedElementwise", "nerve.Attention",
     "nerve.LayerNorm", "nerve.RMSNorm",
 )  # fmt: skip
+# int8: quantize/dequantize and the integer products (u8/s8 operands, int32 accumulation).
+_INT8 = ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger")
+_INT8_TYPES = frozenset({DType.FLOAT32, DType.UINT8, DType.INT8, DType.INT32})
 _MOVEMENT = (
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Concat", "Split",
     "Slice", "Expand", "Gather",
@@ -68,6 +72,18 @@ def _attention_ok(node: Node, graph: Graph) -> str | None:
     # The native Attention kernel takes the scale as an attribute or a scalar input 4.
     if len(node.inputs) > 4 and node.inputs[4] and graph.types[node.inputs[4]].numel != 1:
         return "Attention with a non-scalar scale runs on host"
+    return None
+
+
+def _bf16_weights_ok(node: Node, graph: Graph) -> str | None:
+    # bfloat16 only as a weight operand of a product the precision pass marked
+    # operands="bfloat16" (the native engine's bf16 kernels read it packed).
+    marked = node.attr(OPERANDS) == "bfloat16"
+    for i, name in enumerate([*node.inputs, *node.outputs]):
+        if not name or graph.types[name].dtype is not DType.BFLOAT16:
+            continue
+        if not (marked and i < 2 and name in graph.params):
+            return f"{name!r} is bfloat16; the native engine reads bfloat16 only as bf16 weights"
     return None
 
 
@@ -100,6 +116,9 @@ def target(features: Iterable[str] | None = None) -> Target:
     ops: dict[str, OpRule] = {op: OpRule(dtypes=_F32) for op in _COMPUTE}
     ops["nerve.Attention"] = OpRule(dtypes=_F32, check=_attention_ok)
     ops.update({op: OpRule(dtypes=_ANY) for op in _MOVEMENT})
+    ops.update({op: OpRule(dtypes=_INT8_TYPES) for op in _INT8})
+    for op in ("nerve.FusedConv", "nerve.FusedMatMul"):  # bf16 weights of bf16 products
+        ops[op] = OpRule(dtypes=_F32 | {DType.BFLOAT16}, check=_bf16_weights_ok)
     # bf16/int8 are listed even where the CPU lacks them: asking says which feature is missing.
     precisions = {
         "fp32": FP32,

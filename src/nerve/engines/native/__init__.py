@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from nerve import flags
 from nerve.engines.base import Executable
-from nerve.engines.native import cache
+from nerve.engines.native import cache, lower_bf16
 from nerve.engines.native.claims import NATIVE_OPS, claims, why_not
 from nerve.engines.native.codegen import generate
 from nerve.engines.native.executable import NativePart, SequenceExecutable
@@ -136,6 +136,8 @@ class NativeEngine:
                 parts.append(HostExecutable(plan.graph, nodes, keep))
         if _batch is None:
             _compile([p for p in parts if isinstance(p, NativePart)])
+        _report_kernels(plan, segment, [p for p in parts if isinstance(p, NativePart)])
+        lower_bf16.report(plan)
         return parts[0] if len(parts) == 1 else SequenceExecutable(parts)
 
     def _native_part(
@@ -143,11 +145,28 @@ class NativeEngine:
     ) -> NativePart:
         kernels = cache.kernel_library(tc)
         offsets = getattr(plan, "arena_offsets", None)
-        code = generate(plan.graph, nodes, keep, tc.identity + kernels.hash, offsets)
+        features = tuple(plan.target.features)
+        code = generate(plan.graph, nodes, keep, tc.identity + kernels.hash, offsets, features)
         part = NativePart(plan.graph, code, threads)
         if _batch is not None:
             _batch.pending.append(part)
         return part
+
+
+def _report_kernels(plan: Plan, segment: Segment, parts: list[NativePart]) -> None:
+    """Name in the CompileReport the special kernels the segment runs (steps that carry a
+    ``kernel`` name, such as the int8 products and the ISA variant they run), counted."""
+    counts: dict[str, int] = {}
+    for part in parts:
+        for step in part.code.steps:
+            kernel = getattr(step, "kernel", "")
+            if kernel:
+                counts[kernel] = counts.get(kernel, 0) + 1
+    if counts:
+        text = "; ".join(f"{n} x {kernel}" for kernel, n in sorted(counts.items()))
+        note = f"native segment {segment.index}: {text}"
+        if note not in plan.report.notes:  # a plan from the cache already carries it
+            plan.report.notes.append(note)
 
 
 def segment_plan(graph: Graph, engine: str = "native", **options: object) -> tuple[Segment, Plan]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nerve.ir import DType, Graph, Node
+from nerve.ir.fused_ops import OPERANDS
 
 Predicate = Callable[[Node, Graph], "str | None"]
 
@@ -213,7 +214,116 @@ def _reduce(node: Node, graph: Graph) -> str | None:
     return _all_f32(node, graph, [node.inputs[0], *node.outputs])
 
 
+# ---- int8 (nk_int8.c; lowered by lower_int8.py) ---------------------------------------------
+
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger"})
+_BYTES = frozenset({DType.UINT8, DType.INT8})
+
+
+def _numel(graph: Graph, name: str) -> int:
+    return graph.types[name].numel if name else 0
+
+
+def _per_tensor(graph: Graph, name: str) -> bool:
+    return not name or (graph.types[name].numel == 1 and graph.types[name].rank <= 1)
+
+
+def _qdq_params(node: Node, graph: Graph) -> str | None:
+    """Scale and zero point: float32 scale, per tensor or per axis (not blocked)."""
+    x, scale = node.inputs[:2]
+    zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    if graph.types[scale].dtype is not F32:
+        return f"{node.op_type} with a {graph.types[scale].dtype.value} scale"
+    if node.attr("block_size", 0):
+        return f"blocked {node.op_type}"
+    if zero and _numel(graph, zero) != _numel(graph, scale):
+        return "zero point and scale of different sizes"
+    if _per_tensor(graph, scale):
+        return None
+    shape = graph.types[x].shape
+    axis = int(node.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    if graph.types[scale].rank != 1 or not 0 <= axis < len(shape) or (
+        _numel(graph, scale) != shape[axis]
+    ):
+        return f"{node.op_type} scale neither per tensor nor per axis"
+    return None
+
+
+def _quantize(node: Node, graph: Graph) -> str | None:
+    x, y = node.inputs[0], node.outputs[0]
+    if graph.types[x].dtype is not F32:
+        return f"QuantizeLinear of {graph.types[x].dtype.value}; the native engine quantizes float32"
+    if graph.types[y].dtype not in _BYTES:
+        return f"QuantizeLinear to {graph.types[y].dtype.value}; natively only uint8 and int8"
+    if node.attr("precision", 0) not in (0, DType.FLOAT32.onnx):
+        return "QuantizeLinear with a division precision other than float32"
+    return _qdq_params(node, graph)
+
+
+def _dequantize(node: Node, graph: Graph) -> str | None:
+    x, y = node.inputs[0], node.outputs[0]
+    zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    xt = graph.types[x].dtype
+    if xt not in _BYTES | {DType.INT32}:
+        return f"DequantizeLinear of {xt.value}; natively only uint8, int8 and int32"
+    if zero and graph.types[zero].dtype is not xt:
+        return "DequantizeLinear zero point of another type than its input"
+    if graph.types[y].dtype is not F32:
+        return f"DequantizeLinear to {graph.types[y].dtype.value}; natively only float32"
+    return _qdq_params(node, graph)
+
+
+def _integer_operands(node: Node, graph: Graph, out_channels: int) -> str | None:
+    """u8/s8 operands, int32 result, zero points of the operands' types: A's per tensor (or,
+    for MatMulInteger, per row), B's per tensor or per output channel/column."""
+    a, b = node.inputs[:2]
+    a_zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    b_zero = node.inputs[3] if len(node.inputs) > 3 else ""
+    for name in (a, b):
+        if graph.types[name].dtype not in _BYTES:
+            return f"{name} is {graph.types[name].dtype.value}; natively only uint8 and int8"
+    if graph.types[node.outputs[0]].dtype is not DType.INT32:
+        return f"{node.outputs[0]} is not int32"
+    for zero, operand in ((a_zero, a), (b_zero, b)):
+        if zero and graph.types[zero].dtype is not graph.types[operand].dtype:
+            return f"zero point {zero} of another type than {operand}"
+    if b_zero and not _per_tensor(graph, b_zero) and (
+        graph.types[b_zero].rank != 1 or _numel(graph, b_zero) != out_channels
+    ):
+        return f"{node.op_type} B zero point neither per tensor nor per column"
+    return None
+
+
+def _matmul_integer(node: Node, graph: Graph) -> str | None:
+    a, b = node.inputs[:2]
+    a_zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    if graph.types[b].rank != 2:
+        return "MatMulInteger with a B of rank other than 2"
+    a_shape = graph.types[a].shape
+    rows = a_shape[-2] if len(a_shape) > 1 else 1
+    if a_zero and not _per_tensor(graph, a_zero) and (
+        graph.types[a_zero].rank != 1 or _numel(graph, a_zero) != rows
+    ):
+        return "MatMulInteger A zero point neither per tensor nor per row"
+    return _integer_operands(node, graph, graph.types[b].shape[1])
+
+
+def _conv_integer(node: Node, graph: Graph) -> str | None:
+    x = node.inputs[0]
+    x_zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    if graph.types[x].rank not in (3, 4):
+        return "only 1-D and 2-D convolutions"
+    if not _per_tensor(graph, x_zero):
+        return "ConvInteger x zero point must be a scalar"
+    return _integer_operands(node, graph, graph.types[node.inputs[1]].shape[0])
+
+
 NATIVE_OPS: dict[str, Predicate] = {
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "MatMulInteger": _matmul_integer,
+    "ConvInteger": _conv_integer,
     **{op: _elementwise for op in ELEMENTWISE_OPS},
     **{op: _view for op in VIEW_OPS},
     **{op: _movement for op in MOVEMENT_OPS},
@@ -226,10 +336,26 @@ NATIVE_OPS: dict[str, Predicate] = {
 }
 
 
+def _bf16_operands(node: Node, graph: Graph) -> str | None:
+    if node.attr(OPERANDS) != "bfloat16":
+        return f"operands={node.attr(OPERANDS)!r}"
+    for name in node.inputs[:2]:
+        dtype = graph.types[name].dtype
+        if dtype is not F32 and not (dtype is DType.BFLOAT16 and name in graph.params):
+            return f"{name} is {dtype.value}; bf16 operands are float32 or bfloat16 weights"
+    return None
+
+
 def _fused_gemm(node: Node, graph: Graph) -> str | None:
     if node.op_type == "FusedConv" and graph.types[node.inputs[0]].rank not in (3, 4):
         return "only 1-D and 2-D convolutions"
-    bad = _all_f32(node, graph, [n for n in (*node.inputs[:3], *node.outputs) if n])
+    names = [n for n in (*node.inputs[:3], *node.outputs) if n]
+    if node.attr(OPERANDS) is not None:  # bf16 operands (lower_bf16): weights may be bf16
+        bad = _bf16_operands(node, graph)
+        names = [n for n in names if n not in node.inputs[:2]]
+    else:
+        bad = None
+    bad = bad or _all_f32(node, graph, names)
     if bad:
         return bad
     extra = [graph.types[n].dtype for n in node.inputs[3:] if n]

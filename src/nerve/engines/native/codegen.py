@@ -39,11 +39,13 @@ def generate(
     keep: set[str],
     identity: str,
     arena_offsets: dict[str, int] | None = None,
+    features: tuple[str, ...] = (),
 ) -> SegmentCode:
-    """Lower ``nodes`` and emit their C. ``keep``: tensors needed after these nodes."""
+    """Lower ``nodes`` and emit their C. ``keep``: tensors needed after these nodes;
+    ``features``: the target's ISA features (they select kernel variants)."""
     produced = {o for n in nodes for o in n.outputs if o}
     wanted = [o for n in nodes for o in n.outputs if o and o in keep]
-    lowering = Lowering(graph, nodes, set(wanted))
+    lowering = Lowering(graph, nodes, set(wanted), features)
     steps = lowering.steps
     buffers = plan_buffers(
         lowering.types,

@@ -105,6 +105,10 @@ class NativePart:
         fn.restype = ctypes.c_int64
         self.library = library
         self._fn = fn
+        for step in self.code.steps:  # kernels that prepare the threads at load (AMX tiles)
+            prepare = getattr(step, "prepare", None)
+            if prepare is not None:
+                prepare(handle, self.threads)
 
     def run(self, env: Env) -> None:
         if self._fn is None:

@@ -26,7 +26,7 @@ from nerve.engines.native.shapes import broadcast_strides
 from nerve.engines.native.steps import ChainStep, Step, _WithEpilogue
 from nerve.errors import CompileError
 from nerve.ir import NERVE_DOMAIN, DType, Graph, Node, TensorType
-from nerve.ir.fused_ops import step_node
+from nerve.ir.fused_ops import OPERANDS, step_node
 
 # A chain program: registers (tensor names, or ready-made arguments) and steps over them.
 Register = str | tuple[str, int | float]
@@ -51,9 +51,14 @@ def builds(*ops: str) -> Callable[[Builder], Builder]:
 class Lowering:
     """The steps of one segment, built node by node."""
 
-    def __init__(self, graph: Graph, nodes: list[Node], keep: set[str]) -> None:
+    def __init__(
+        self, graph: Graph, nodes: list[Node], keep: set[str], features: tuple[str, ...] = ()
+    ) -> None:
         self.graph = graph
         self.keep = keep
+        self.nodes = nodes  # the segment's nodes (builders may look ahead at consumers)
+        # ISA features of the target (Target.features): builders pick kernel variants by them.
+        self.features = features
         self.extra_types: dict[str, TensorType] = {}  # tensors the lowering itself introduces
         self.types: Mapping[str, TensorType] = ChainMap(self.extra_types, graph.types)
         self.steps: list[Step] = []
@@ -116,6 +121,9 @@ class Lowering:
         if op in ELEMENTWISE_OPS or op == "nerve.FusedElementwise":
             self._elementwise(node)
             return
+        operands = node.attr(OPERANDS) if node.domain == NERVE_DOMAIN else None
+        if operands:  # narrowed operands (bf16): "nerve.FusedMatMul[bfloat16]" (lower_bf16)
+            op = f"{op}[{operands}]"
         builder = BUILDERS.get(op)
         if builder is None:
             raise CompileError(f"native engine: no lowering for {op} (node {node.name!r})")

@@ -21,6 +21,7 @@ array([[0., 3., 0.],
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ class PackSpec:
     """How a packed slot derives from a weight: ``kind`` and its arguments."""
 
     source: str
-    kind: str  # "conv", "conv_cvec" or "matmul"
+    kind: str  # "conv", "conv_cvec", "matmul" or "quad" (int8)
     groups: int = 1
     trans: bool = False  # matmul: the weight is stored [N, K] (Gemm transB)
 
@@ -51,7 +52,15 @@ class PackSpec:
             return pack_conv_cvec(array, out)
         if self.kind == "matmul":
             return pack_matmul(array, self.trans, out)
+        packer = PACKERS.get(self.kind)
+        if packer is not None:
+            return packer(self, array, out)
         raise ValueError(f"unknown packing {self.kind!r}")
+
+
+# Packings other modules add (the bf16 / int8 kernels' layouts), registered when they are
+# imported: kind -> function(spec, source array, previous packed array or None).
+PACKERS: dict[str, Callable[[PackSpec, np.ndarray, np.ndarray | None], np.ndarray]] = {}
 
 
 def conv_packed_size(shape: tuple[int, ...], groups: int) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 from nerve.engines.host.registry import as_outputs, get_kernel, kernel, wants_types
 from nerve.errors import KernelError
 from nerve.ir import DType, Node, TensorType
-from nerve.ir.fused_ops import CONV_ATTRS, GEMM_ATTRS, Program, reg, step_node
+from nerve.ir.dtypes import bfloat16_to_float32, float32_to_bfloat16
+from nerve.ir.fused_ops import CONV_ATTRS, GEMM_ATTRS, OPERANDS, Program, reg, step_node
 
 
 def _invoke(node: Node, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -54,8 +55,23 @@ def _extras(inputs: Sequence[np.ndarray | None], first: int) -> list[np.ndarray]
     return [x for x in inputs[first:] if x is not None]
 
 
+def _operands(node: Node, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs 0 and 1 as the node's products read them: with ``operands="bfloat16"``,
+    float32 values rounded to bfloat16 (nearest even) and bfloat16 bits (uint16) widened."""
+    if node.attr(OPERANDS) != "bfloat16":
+        return a, b
+    return _bf16_value(a), _bf16_value(b)
+
+
+def _bf16_value(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint16:  # bfloat16 bit patterns (a bf16 weight slot)
+        return bfloat16_to_float32(x)
+    return bfloat16_to_float32(float32_to_bfloat16(x))
+
+
 @kernel("FusedConv", domain="nerve")
 def fused_conv(node: Node, x: np.ndarray, w: np.ndarray, *rest: np.ndarray | None) -> np.ndarray:
+    x, w = _operands(node, x, w)
     bias = rest[0] if rest else None
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}
     y = call("Conv", attrs, x, w, bias)
@@ -66,6 +82,7 @@ def fused_conv(node: Node, x: np.ndarray, w: np.ndarray, *rest: np.ndarray | Non
 def fused_matmul(
     node: Node, a: np.ndarray, b: np.ndarray, *rest: np.ndarray | None
 ) -> np.ndarray:
+    a, b = _operands(node, a, b)
     c = rest[0] if rest else None
     if node.attr("gemm", 0):
         attrs = {k: v for k, v in node.attrs.items() if k in GEMM_ATTRS}

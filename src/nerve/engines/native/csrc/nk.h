@@ -124,6 +124,46 @@ void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
 void nk_matmul_packed(int nt, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
                       float *Y, nk_epilogue ep, const void *const *ep_args);
 
+/* ---- bfloat16 operands, float32 accumulation (nk_bf16.c) ------------------------------------ */
+
+/* Packed bf16 weights (packing_bf16.py): a product's B as [ceil(N / NK_BF16_NR)][KP / 2]
+ * [NK_BF16_NR][2] bf16 with K zero-padded to KP, a multiple of NK_BF16_KALIGN (the VNNI pair
+ * layout of AMX's B tiles); a convolution's W as per-group [panels][CP * KH * KW][NK_MR][2]
+ * (CP = ceil(C/G / 2) channel pairs, K pairs ordered (pair, ky, kx)). */
+#define NK_BF16_NR 32
+#define NK_BF16_KALIGN 32
+enum { NK_BF16_HAVE_AVX512F = 1, NK_BF16_HAVE_AVX512BF16 = 2, NK_BF16_HAVE_AMX = 4 };
+
+/* NK_BF16_HAVE_* bits this process can execute (AMX: the tile permission was granted, which
+ * the library asks for once, when it is loaded). */
+int nk_bf16_support(void);
+/* Use only the detected features in `mask` (-1: all); for tests of the fallback paths. */
+int nk_bf16_limit(int mask);
+int64_t nk_bf16_kpad(int64_t K);
+int64_t nk_conv_bf16_packed_elems(const nk_conv *d);
+/* Y (M x N) = bf16(A) (M x K, row-major float32, rounded here) . B (packed bf16), float32
+ * accumulation; ep runs on each finished block (b = 0, m = row, n = column). */
+void nk_matmul_bf16_avx512(int nt, int64_t M, int64_t N, int64_t K, const float *A,
+                           const uint16_t *B, float *Y, nk_epilogue ep,
+                           const void *const *ep_args);
+void nk_matmul_bf16_amx(int nt, int64_t M, int64_t N, int64_t K, const float *A,
+                        const uint16_t *B, float *Y, nk_epilogue ep, const void *const *ep_args);
+/* Run one AMX instruction on every pool thread (the first one per thread is slow). */
+void nk_bf16_amx_warm(int nt);
+/* nk_conv2d_packed with bf16 operands: wpack packed as above, x rounded while it is split into
+ * channel-pair planes. */
+void nk_conv2d_bf16_avx512(int nt, const nk_conv *d, const float *x, const uint16_t *wpack,
+                           const float *bias, float *y, nk_epilogue ep,
+                           const void *const *ep_args);
+/* The same with output channels in the vector lanes, for small maps (groups must be 1):
+ * wpack as a product's B, [ceil(O / 32)][KP / 2][32][2] with K = 2 * CP * KH * KW ordered
+ * (pair, ky, kx, channel in pair). */
+int64_t nk_conv_bf16_cvec_elems(const nk_conv *d);
+void nk_conv2d_bf16_cvec(int nt, const nk_conv *d, const float *x, const uint16_t *wpack,
+                         const float *bias, float *y, nk_epilogue ep, const void *const *ep_args);
+/* y = x rounded to bf16 (as float32): the operands of the fp32 fallback. */
+void nk_bf16_round(int nt, int64_t n, const float *x, float *y);
+
 /* ---- pooling (NCHW; NC = N * C planes) ---------------------------------------------------- */
 
 enum { NK_POOL_MAX = 0, NK_POOL_AVG_EXCLUDE_PAD = 1, NK_POOL_AVG_INCLUDE_PAD = 2 };
@@ -169,6 +209,73 @@ void nk_copy(int nt, int ndim, const int64_t *shape, const int64_t *dst_strides,
  * that is out of range (nothing is written past the bad index). */
 int64_t nk_gather(int nt, int64_t outer, int64_t axis_len, int64_t inner_bytes, int64_t nidx,
                   const void *idx, int idx_is_64, const char *data, char *out);
+
+/* ---- int8 products (nk_int8.c) ------------------------------------------------------------ */
+
+/* Variants of the u8 x s8 -> int32 product, best last. A call runs the best variant this
+ * machine has that does not exceed the one asked for (the lowering asks by the target's
+ * features); every variant computes the same int32 values. */
+enum { NK_I8_PORTABLE = 0, NK_I8_VNNI = 1, NK_I8_AMX = 2 };
+/* Element types of the int8 kernels' tensors. */
+enum { NK_T_U8 = 0, NK_T_S8 = 1, NK_T_F32 = 2, NK_T_I32 = 3 };
+
+/* The variant an int8 kernel runs when `requested` is asked for on this machine. */
+int nk_int8_isa(int requested);
+
+/* Quad-packed signed right operand (the AMX B-tile layout), per group: ceil(N/16) panels of
+ * [KQ][16][4] bytes, KQ = ceil(K/64)*16 quads (byte (q, j, i) of panel p holds row k = 4q + i of
+ * column 16p + j; zero-padded), then int32 column sums [ceil(N/16)*16]. uint8 sources are
+ * stored minus 128. A convolution's weights [O, C/G, KH, KW] pack per group as N = O/G columns
+ * with k ordered (ky, kx, c): the order of the kernel's NHWC patches. */
+int64_t nk_quad_bytes(int64_t G, int64_t K, int64_t N);
+
+/* One int8 product: y = (A - a_zero) (B - b_zero) in int32, or, with y_scale, float32
+ * y = float(that) * y_scale (DequantizeLinear fused); then ep on each finished block. */
+typedef struct nk_i8 {
+    int isa;                      /* NK_I8_*: the variant asked for */
+    int64_t M, N, K;              /* matmul: rows (batches folded), columns, depth */
+    int64_t a_rows;               /* rows of one A matrix (a per-row zero point repeats) */
+    const void *a;                /* A: M x K row-major (conv: the NCHW input) */
+    int a_type;                   /* NK_T_U8 / NK_T_S8, or NK_T_F32: quantized on the fly */
+    const float *a_scale;         /* NK_T_F32: the QuantizeLinear scale (one value) */
+    int a_qtype;                  /* NK_T_F32: the type x quantizes to (NK_T_U8 / NK_T_S8) */
+    const void *a_zero;           /* NULL, or 1 or a_rows values of A's (quantized) type */
+    int64_t a_zero_n;
+    const void *b;                /* B: K x N row-major (conv: [O, C/G, KH, KW]), or packed */
+    int b_type;                   /* NK_T_U8 / NK_T_S8 */
+    int b_packed;                 /* 1: b is nk_quad layout (a weight packed at bind time) */
+    const void *b_zero;           /* NULL, or 1 or N (conv: O) values of b_type */
+    int64_t b_zero_n;
+    void *y;                      /* int32, or float32 when y_scale */
+    const float *y_scale;         /* NULL, or 1 or N (conv: O) float32 values */
+    int64_t y_scale_n;
+    nk_epilogue ep;               /* float32 output only; may be NULL */
+    const void *const *ep_args;
+    void *work;                   /* workspace, see nerve/engines/native/lower_int8.py */
+} nk_i8;
+
+/* Y (M x N) = A . B (MatMulInteger); blocks: b = 0, m = row, n = column. */
+void nk_matmul_i8(int nt, const nk_i8 *g);
+/* ConvInteger (NCHW; 1-D as H = KH = 1); blocks: b = image, m = channel, n = pixel. */
+void nk_conv2d_i8(int nt, const nk_conv *d, const nk_i8 *g);
+/* Bytes of g->work the two products need. */
+int64_t nk_matmul_i8_workspace(const nk_i8 *g);
+int64_t nk_conv2d_i8_workspace(const nk_conv *d, const nk_i8 *g);
+/* y = saturate(round_half_even(x / scale) + zero) for x viewed as [outer, axis, inner];
+ * scale and zero hold 1 or `axis` values (zero may be NULL: 0); y_type NK_T_U8 or NK_T_S8. */
+void nk_quantize(int nt, int64_t outer, int64_t axis, int64_t inner, const float *x,
+                 const float *scale, int64_t scale_n, const void *zero, int y_type, void *y);
+/* y = float(x - zero) * scale, x of x_type (NK_T_U8 / S8 / I32), zero of the same type. */
+void nk_dequantize(int nt, int64_t outer, int64_t axis, int64_t inner, const void *x,
+                   int x_type, const float *scale, int64_t scale_n, const void *zero, float *y);
+
+/* ---- AMX ----------------------------------------------------------------------------------- */
+
+/* 1 when this process may use the AMX tile registers: the CPU has AMX-TILE and Linux granted
+ * the XTILEDATA permission (arch_prctl ARCH_REQ_XCOMP_PERM), asked once per process, when the
+ * kernel library loads; 0 otherwise. Tile kernels check it and fall back to their AVX-512
+ * variant. Thread-safe; after the first call one atomic load. */
+int nk_amx_request(void);
 
 #ifdef __cplusplus
 }

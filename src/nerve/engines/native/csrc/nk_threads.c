@@ -152,3 +152,41 @@ void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx
     while (atomic_load_explicit(&j->done, memory_order_acquire) < j->chunks) NK_PAUSE();
     pthread_mutex_unlock(&pool.call);
 }
+
+/* ---- AMX permission ------------------------------------------------------------------------ */
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define NK_ARCH_GET_XCOMP_PERM 0x1022
+#define NK_ARCH_REQ_XCOMP_PERM 0x1023
+#define NK_XFEATURE_XTILEDATA 18
+
+static int amx_permitted(void) {
+    unsigned int a, b, c, d;
+    /* CPUID.(EAX=7,ECX=0):EDX bit 24 = AMX-TILE; without it the request is pointless. */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24))) return 0;
+    if (syscall(SYS_arch_prctl, NK_ARCH_REQ_XCOMP_PERM, NK_XFEATURE_XTILEDATA) != 0) return 0;
+    unsigned long long granted = 0;
+    if (syscall(SYS_arch_prctl, NK_ARCH_GET_XCOMP_PERM, &granted) != 0) return 0;
+    return (granted >> NK_XFEATURE_XTILEDATA) & 1;
+}
+#else
+static int amx_permitted(void) { return 0; }
+#endif
+
+static atomic_int amx_state; /* 0: not asked yet, 1: granted, -1: refused or absent */
+
+int nk_amx_request(void) {
+    int s = atomic_load_explicit(&amx_state, memory_order_acquire);
+    if (s == 0) {
+        s = amx_permitted() ? 1 : -1;
+        atomic_store_explicit(&amx_state, s, memory_order_release);
+    }
+    return s > 0;
+}
+
+/* Ask when the kernel library loads (engine start), so no kernel pays for it mid-run. */
+__attribute__((constructor)) static void nk_amx_at_load(void) { (void)nk_amx_request(); }
