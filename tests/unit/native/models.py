@@ -139,9 +139,11 @@ def gemm_variants(rng: np.random.Generator) -> Case:
 
 def _conv_case(name: str, rng: np.random.Generator, x: tuple[int, ...], w: tuple[int, ...],
                extra: list[onnx.NodeProto] | None = None, bias: bool = True,
-               options: dict[str, object] | None = None, **attrs: object) -> Case:  # fmt: skip
+               options: dict[str, object] | None = None,
+               extra_weights: dict[str, np.ndarray] | None = None,
+               **attrs: object) -> Case:  # fmt: skip
     f = {"x": rand(rng, *x)}
-    weights = {"w": rand(rng, *w, scale=0.3)}
+    weights = {"w": rand(rng, *w, scale=0.3), **(extra_weights or {})}
     ins = ["x", "w"]
     if bias:
         weights["b"] = rand(rng, w[0])
@@ -184,6 +186,15 @@ def conv_depthwise_s1(rng: np.random.Generator) -> Case:
     return _conv_case("conv_depthwise_s1", rng, (1, 8, 10, 12), (8, 1, 3, 3), group=8,
                       pads=[1, 1, 1, 1], extra=[node("HardSwish", ["c"])],
                       bias=True, options={"threads": 2})  # fmt: skip
+
+
+@case
+def conv_depthwise_direct_asymmetric(rng: np.random.Generator) -> Case:
+    # Stride-1 3x3 depthwise on rows of at most 32 reads the plane with masked loads (no padded
+    # copy): asymmetric pads, two 16-lane strips (OW 20), a Clip fused into the store.
+    return _conv_case("conv_depthwise_direct_asymmetric", rng, (1, 5, 9, 20), (5, 1, 3, 3),
+                      [node("Clip", ["c", "lo", "hi"])], group=5, pads=[0, 2, 1, 0],
+                      extra_weights={"lo": np.float32(-0.5), "hi": np.float32(0.5)})  # fmt: skip
 
 
 @case

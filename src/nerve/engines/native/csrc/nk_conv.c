@@ -160,6 +160,46 @@ static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, i
         }
     }
 }
+
+/* The stride-1 3x3 taps read straight from the plane: lanes whose input column falls in the
+ * padding are masked off (a masked-off lane is never read, even past the plane), rows in the
+ * padding are skipped. No padded copy: on small planes it cost as much as the taps (one thread,
+ * per layer: 960 planes of 7x7 55 vs 72 us, 384 of 14x14 40 vs 55, 192 of 28x28 66 vs 70;
+ * on 56x56 and wider the copy's unmasked loads win, 154 vs 185 us). */
+static void dw3x3_s1_avx512(const nk_conv *d, const float *x, const float *w, float b, float *y,
+                            const nk_clamp *clamp) {
+    const int64_t H = d->H, W = d->W, OH = d->OH, OW = d->OW, PT = d->PT, PL = d->PL;
+    const __m512 lo = _mm512_set1_ps(clamp ? clamp->lo : 0.0f);
+    const __m512 hi = _mm512_set1_ps(clamp ? clamp->hi : 0.0f);
+    __m512 wv[9];
+    for (int t = 0; t < 9; t++) wv[t] = _mm512_set1_ps(w[t]);
+    for (int64_t ox0 = 0; ox0 < OW; ox0 += 16) {
+        const int64_t n = OW - ox0 < 16 ? OW - ox0 : 16;
+        __mmask16 in[3]; /* per kx: lanes whose input column ox0 + i + kx - PL is in the row */
+        for (int kx = 0; kx < 3; kx++) {
+            uint32_t m = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t ix = ox0 + i + kx - PL;
+                if (ix >= 0 && ix < W) m |= 1u << i;
+            }
+            in[kx] = (__mmask16)m;
+        }
+        const __mmask16 out = (__mmask16)(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));
+        for (int64_t oy = 0; oy < OH; oy++) {
+            __m512 acc = _mm512_set1_ps(b);
+            for (int ky = 0; ky < 3; ky++) {
+                const int64_t iy = oy + ky - PT;
+                if (iy < 0 || iy >= H) continue;
+                const float *row = x + iy * W + ox0 - PL;
+                for (int kx = 0; kx < 3; kx++)
+                    acc = _mm512_fmadd_ps(wv[ky * 3 + kx],
+                                          _mm512_maskz_loadu_ps(in[kx], row + kx), acc);
+            }
+            if (clamp) acc = _mm512_min_ps(hi, _mm512_max_ps(lo, acc)); /* NaN kept */
+            _mm512_mask_storeu_ps(y + oy * OW + ox0, out, acc);
+        }
+    }
+}
 #endif
 
 /* 3x3 undilated depthwise plane through a zero-padded copy: no bounds checks in the taps, and
@@ -168,6 +208,12 @@ static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float
                          const nk_clamp *clamp) {
     const int64_t OH = d->OH, OW = d->OW, SH = d->SH, SW = d->SW;
     const int64_t PH = (OH - 1) * SH + 3, PW = (OW - 1) * SW + 3;
+#if defined(__AVX512F__)
+    if (SH == 1 && SW == 1 && OW <= 32) { /* wider rows: the padded copy's plain loads win */
+        dw3x3_s1_avx512(d, x, w, b, y, clamp);
+        return 1;
+    }
+#endif
     float buf[16384 + 64];
     if (PH * PW > 16384) return 0;
     nk_pad_plane(x, d->H, d->W, d->PT, d->PL, PH, PW, 0.0f, buf);
