@@ -322,6 +322,29 @@ def test_conv_clamps_in_registers(
     assert np.isnan(env["y"]).any()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("kind", "shape", "groups"),
+    [("matmul", (70, 101), 1), ("matmul", (40, 96), 1), ("conv", (13, 6, 3, 3), 1),
+     ("conv", (20, 3, 3, 3), 2), ("conv_cvec", (70, 5, 3, 3), 1)],
+)
+def test_c_packers_match_numpy(kind: str, shape: tuple[int, ...], groups: int, threads: int) -> None:
+    """The C packers used for in-place re-packs write exactly numpy's layout (padding kept)."""
+    from nerve.engines.native.packing import PackSpec, repack_natively
+
+    tc = find_toolchain()
+    assert tc is not None
+    library = cache.kernel_library(tc).handle
+    rng = np.random.default_rng(8)
+    spec = PackSpec("w", kind, groups)
+    old, new = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    packed = spec.pack(old)
+    assert repack_natively(library, spec, new, packed, threads)
+    np.testing.assert_array_equal(packed, spec.pack(new))
+    # Transposed operands (Gemm transB) have no C packer: the caller falls back to numpy.
+    assert not repack_natively(library, PackSpec("w", "matmul", trans=True), new, packed)
+
+
 def test_portable_packed_kernel_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
     """Built without AVX-512 flags, the packed layouts run through the portable loop."""
     import dataclasses

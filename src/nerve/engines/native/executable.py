@@ -18,7 +18,7 @@ from nerve.engines.base import Env, Executable
 from nerve.engines.native import cache
 from nerve.engines.native.buffers import ALIGN
 from nerve.engines.native.codegen import SegmentCode
-from nerve.engines.native.packing import PackSpec
+from nerve.engines.native.packing import PackSpec, repack_natively
 from nerve.errors import KernelError
 from nerve.ir import Graph
 
@@ -32,6 +32,7 @@ class NativePart:
         self.code = code
         self.threads = max(1, int(threads))
         self.library: Path | None = None
+        self._handle: ctypes.CDLL | None = None  # the loaded library (C weight packers)
         self._fn: EntryFn | None = None
         self._lock = threading.Lock()
         buffers = code.buffers
@@ -80,7 +81,13 @@ class NativePart:
             # in_place re-packs into the slot's previous panels: no allocation (page faults
             # dominate on large weights). Only safe while no run can be reading them, i.e.
             # under the program's weight write lock (weights_changed).
-            array = spec.pack(array, out=self._bound.get(slot) if in_place else None)
+            previous = self._bound.get(slot) if in_place else None
+            if previous is not None and self._handle is not None and repack_natively(
+                self._handle, spec, array, previous, self.threads
+            ):
+                array = previous
+            else:
+                array = spec.pack(array, out=previous)
         if array.dtype != dtype or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=dtype)
         self._bound[slot] = array
@@ -104,6 +111,7 @@ class NativePart:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         fn.restype = ctypes.c_int64
         self.library = library
+        self._handle = handle
         self._fn = fn
         for step in self.code.steps:  # kernels that prepare the threads at load (AMX tiles)
             prepare = getattr(step, "prepare", None)

@@ -21,6 +21,7 @@ array([[0., 3., 0.],
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,37 @@ class PackSpec:
 # Packings other modules add (the bf16 / int8 kernels' layouts), registered when they are
 # imported: kind -> function(spec, source array, previous packed array or None).
 PACKERS: dict[str, Callable[[PackSpec, np.ndarray, np.ndarray | None], np.ndarray]] = {}
+
+
+def repack_natively(
+    library: ctypes.CDLL, spec: PackSpec, array: np.ndarray, out: np.ndarray, threads: int = 1
+) -> bool:
+    """Re-pack ``array`` into ``out`` (its previous packed form) with the kernel library's C
+    packers on ``threads`` threads, so that a weight update's second write costs about a
+    memcpy (numpy's strided copies cost two to five). False when this packing has no C
+    packer (the caller packs with numpy).
+    """
+    if array.dtype != np.float32 or not array.flags.c_contiguous or out.dtype != np.float32:
+        return False
+    shape = array.shape
+    k = int(np.prod(shape[1:]))
+    args: tuple[int, ...]
+    if spec.kind == "matmul" and not spec.trans and array.ndim == 2:
+        fn, args, size = library.nk_pack_matmul, shape, matmul_packed_size(*shape)
+    elif spec.kind == "conv" and array.ndim >= 2:
+        groups = spec.groups
+        fn, args = library.nk_pack_conv, (groups, shape[0] // groups, k)
+        size = conv_packed_size(shape, groups)
+    elif spec.kind == "conv_cvec" and array.ndim >= 2:
+        fn, args, size = library.nk_pack_conv_cvec, (shape[0], k), conv_cvec_packed_size(shape)
+    else:
+        return False
+    if out.size != size:
+        return False
+    fn.restype = None
+    fn(ctypes.c_int(max(1, threads)), *(ctypes.c_int64(a) for a in args),
+       ctypes.c_void_p(array.ctypes.data), ctypes.c_void_p(out.ctypes.data))
+    return True
 
 
 def conv_packed_size(shape: tuple[int, ...], groups: int) -> int:
@@ -173,4 +205,5 @@ __all__ = [
     "pack_conv",
     "pack_conv_cvec",
     "pack_matmul",
+    "repack_natively",
 ]

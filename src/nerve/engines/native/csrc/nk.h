@@ -118,6 +118,10 @@ int64_t nk_conv_cvec_floats(const nk_conv *d);
 void nk_conv2d_cvec(int nt, const nk_conv *d, const float *x, const float *wcv,
                     const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
                     const nk_clamp *clamp);
+/* Weight packers (the layouts above), writing only valid entries: used to re-pack in place. */
+void nk_pack_matmul(int nt, int64_t K, int64_t N, const float *b, float *out);
+void nk_pack_conv(int nt, int64_t G, int64_t Og, int64_t K, const float *w, float *out);
+void nk_pack_conv_cvec(int nt, int64_t O, int64_t K, const float *w, float *out);
 
 /* Y (M x N) = A (M x K, row-major) . B for a constant B packed once as [ceil(N / NK_NR)][K][NK_NR]
  * column tiles (zero-padded); ep runs on each finished block (b = 0, m = row, n = column). */
