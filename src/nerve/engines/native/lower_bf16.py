@@ -39,7 +39,7 @@ from nerve.engines.native.lower_gemm import (
 )
 from nerve.engines.native.lowering import BUILDERS, MAIN, Lowering, Program, builds
 from nerve.engines.native.packing import PackSpec
-from nerve.engines.native.shapes import spatial2, window
+from nerve.engines.native.shapes import conv_descriptor
 from nerve.engines.native.steps import CallStep, Emitter, Step, _WithEpilogue
 from nerve.ir import DType, Graph, Node, TensorType
 from nerve.ir.fused_ops import OPERANDS
@@ -271,14 +271,8 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
     out = node.outputs[0]
     xs, ws, ys = lw.type(x).shape, lw.type(w).shape, lw.type(out).shape
-    geo = window(node, xs[2:], ws[2:], ys[2:])
-    h, wd = spatial2(xs)
+    desc, geo = conv_descriptor(node, xs, ws, ys)
     group = int(node.attr("group", 1))
-    desc = (
-        xs[0], xs[1], h, wd, ys[1], geo.out[0], geo.out[1], geo.kernel[0], geo.kernel[1],
-        geo.strides[0], geo.strides[1], geo.pads_begin[0], geo.pads_begin[1],
-        geo.dilations[0], geo.dilations[1], group,
-    )  # fmt: skip
     depth = ws[1] * geo.kernel[0] * geo.kernel[1]
     cvec = group == 1 and 0 < geo.out[0] * geo.out[1] <= CVEC_MAX_PIXELS and (
         depth >= CVEC_MIN_DEPTH

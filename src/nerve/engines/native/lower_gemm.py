@@ -19,7 +19,7 @@ from nerve.engines.native.packing import (
     conv_packed_size,
     matmul_packed_size,
 )
-from nerve.engines.native.shapes import Window, broadcast_strides, spatial2, window
+from nerve.engines.native.shapes import Window, broadcast_strides, conv_descriptor
 from nerve.engines.native.steps import CallStep, ChainStep, ConvStep, GemmStep, Step, _WithEpilogue
 from nerve.errors import CompileError
 from nerve.ir import NERVE_DOMAIN, DType, Node, TensorType
@@ -207,14 +207,8 @@ def _conv(lw: Lowering, node: Node) -> list[Step]:
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
     out = node.outputs[0]
     xs, ws, ys = lw.type(x).shape, lw.type(w).shape, lw.type(out).shape
-    geo = window(node, xs[2:], ws[2:], ys[2:])
-    h, wd = spatial2(xs)
+    desc, geo = conv_descriptor(node, xs, ws, ys)
     group = int(node.attr("group", 1))
-    desc = (
-        xs[0], xs[1], h, wd, ys[1], geo.out[0], geo.out[1], geo.kernel[0], geo.kernel[1],
-        geo.strides[0], geo.strides[1], geo.pads_begin[0], geo.pads_begin[1],
-        geo.dilations[0], geo.dilations[1], group,
-    )  # fmt: skip
     step = ConvStep([node], Chain(ys, out), x=x, w=w, bias=bias, desc=desc)
     if group != xs[1] and lw.type(w).dtype is DType.FLOAT32:
         # Not depthwise: a packed kernel over weights packed once at bind time.

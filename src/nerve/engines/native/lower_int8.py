@@ -28,7 +28,7 @@ import numpy as np
 from nerve.engines.native.elementwise import Chain
 from nerve.engines.native.lowering import Lowering, builds
 from nerve.engines.native.packing import PACKERS, PackSpec
-from nerve.engines.native.shapes import normalize_axis, spatial2, window
+from nerve.engines.native.shapes import conv_descriptor, normalize_axis
 from nerve.engines.native.steps import CallStep, Emitter, Step, _WithEpilogue
 from nerve.ir import DType, Node, TensorType
 
@@ -468,14 +468,8 @@ def _conv_integer(lw: Lowering, node: Node) -> list[Step]:
     w_zero = node.inputs[3] if len(node.inputs) > 3 else ""
     out = node.outputs[0]
     xs, ws, ys = lw.type(x).shape, lw.type(w).shape, lw.type(out).shape
-    geo = window(node, xs[2:], ws[2:], ys[2:])
-    h, wd = spatial2(xs)
+    desc, _ = conv_descriptor(node, xs, ws, ys)
     group = int(node.attr("group", 1))
-    desc = (
-        xs[0], xs[1], h, wd, ys[1], geo.out[0], geo.out[1], geo.kernel[0], geo.kernel[1],
-        geo.strides[0], geo.strides[1], geo.pads_begin[0], geo.pads_begin[1],
-        geo.dilations[0], geo.dilations[1], group,
-    )  # fmt: skip
     asked = int8_isa(lw.features)
     step = Int8Step([node], Chain(ys, out), isa=runs_as(asked), asked=asked, desc=desc)
     step.groups = ([0], [1], list(range(2, len(ys))))

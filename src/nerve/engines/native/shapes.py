@@ -132,6 +132,21 @@ class Window:
     out: tuple[int, int]
 
 
+def conv_descriptor(
+    node: Node, x: Shape, w: Shape, y: Shape
+) -> tuple[tuple[int, ...], Window]:
+    """The ``nk_conv`` descriptor of a Conv-like node (``N C H W O OH OW KH KW SH SW PT PL DH
+    DW G``, 1-D convolutions with a height of 1) and its window geometry."""
+    geo = window(node, x[2:], w[2:], y[2:])
+    h, wd = spatial2(x)
+    desc = (
+        x[0], x[1], h, wd, y[1], geo.out[0], geo.out[1], geo.kernel[0], geo.kernel[1],
+        geo.strides[0], geo.strides[1], geo.pads_begin[0], geo.pads_begin[1],
+        geo.dilations[0], geo.dilations[1], int(node.attr("group", 1)),
+    )  # fmt: skip
+    return desc, geo
+
+
 def window(node: Node, in_spatial: Shape, kernel: Shape, out_spatial: Shape) -> Window:
     """The window geometry of a Conv/pool node with the output size the IR inferred."""
     rank = len(in_spatial)

@@ -46,6 +46,20 @@ static inline float nk_clampf(float y, const nk_clamp *clamp) {
 typedef void (*nk_range_fn)(void *ctx, int64_t begin, int64_t end);
 void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx);
 
+/* Per-thread scratch buffers, 64-byte aligned, kept and grown across calls (the pool's threads
+ * persist, so each is allocated once per thread). One slot per use, so a kernel never hands
+ * out memory another kernel on the same thread still holds. NULL when out of memory. */
+enum {
+    NK_BUF_TILE,        /* fp32 packed kernels: a unit's own block */
+    NK_BUF_SHARED,      /* fp32 packed kernels: what a call shares with its workers */
+    NK_BUF_BF16_ROWS,   /* bf16: a unit's packed activations */
+    NK_BUF_BF16_SHARED, /* bf16: what a call shares with its workers */
+    NK_BUF_BF16_STAGE,  /* bf16: output staging */
+    NK_BUF_INT8,        /* int8 kernels */
+    NK_BUF_SLOTS
+};
+void *nk_thread_buffer(int slot, size_t bytes);
+
 /* Set BLAS to one thread (we parallelise ourselves; two thread pools oversubscribe). */
 void nk_init(void);
 /* 1 when the library was built against OpenBLAS, 0 when it uses its own reference GEMM. */
@@ -97,10 +111,6 @@ void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, 
 
 /* 512 when the kernels use AVX-512, 0 for the portable loop. */
 int nk_packed_isa(void);
-/* C[mr x nr] (+)= A[kc][NK_MR] . B[kc][NK_NR] (+ bias[i] per row when bias != NULL), storing
- * only the mr x nr valid block at c (row stride ldc); accumulate adds to what c holds. */
-void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr,
-                int nr, int accumulate, const float *bias);
 /* Floats of a convolution's packed weights: per group, ceil(O/G / NK_MR) panels [K][NK_MR]
  * with K = C/G * KH * KW (the last panel zero-padded). */
 int64_t nk_conv_packed_floats(const nk_conv *d);

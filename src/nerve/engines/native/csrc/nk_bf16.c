@@ -178,27 +178,10 @@ void nk_bf16_round(int nt, int64_t n, const float *x, float *y) {
 
 /* ---- per-thread workspace ------------------------------------------------------------------ */
 
-typedef struct {
-    void *data;
-    size_t bytes;
-} tls_buffer;
-
-/* which: 0 = a unit's packed activations, 1 = what a call shares with its workers, 2 = AMX
- * output staging. */
-static _Thread_local tls_buffer tls_bufs[3];
-
+/* which: 0 = a unit's packed activations, 1 = what a call shares with its workers, 2 = output
+ * staging (slots of nk_thread_buffer). */
 static void *thread_buffer(int which, size_t bytes) {
-    tls_buffer *b = &tls_bufs[which];
-    if (bytes > b->bytes) {
-        free(b->data);
-        b->data = NULL;
-        b->bytes = 0;
-        void *p = NULL;
-        if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-        b->data = p;
-        b->bytes = bytes;
-    }
-    return b->data;
+    return nk_thread_buffer(NK_BUF_BF16_ROWS + which, bytes);
 }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -189,23 +189,7 @@ static void pack_b(int nt, const void *b, int b_type, int64_t G, int64_t K, int6
 
 /* ---- per-thread buffers ---------------------------------------------------------------------- */
 
-static _Thread_local struct {
-    void *data;
-    size_t bytes;
-} tls_buf;
-
-static void *thread_buffer(size_t bytes) {
-    if (bytes > tls_buf.bytes) {
-        free(tls_buf.data);
-        tls_buf.data = NULL;
-        tls_buf.bytes = 0;
-        void *p = NULL;
-        if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-        tls_buf.data = p;
-        tls_buf.bytes = bytes;
-    }
-    return tls_buf.data;
-}
+static void *thread_buffer(size_t bytes) { return nk_thread_buffer(NK_BUF_INT8, bytes); }
 
 /* ---- micro-kernels: c[i][j] = sum_k a'[i][k] b'[k][j] over kq quads ------------------------- */
 

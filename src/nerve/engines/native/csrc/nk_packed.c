@@ -8,10 +8,11 @@
  * padded copy of it) through a per-tap offset table, so there is no im2col.
  *
  * Layouts (MR = NK_MR rows, NR = NK_NR columns):
- * - A panels: rows [i*MR, i*MR + MR) of an M x K matrix stored k-major, [K][MR]; the last
- *   panel is zero-padded to MR rows.
- * - B tiles: columns [j*NR, j*NR + NR) of a K x N matrix stored [K][NR], zero-padded
- *   (nk_ukernel), or rows read in place at b + offs[k] (the convolution's kernel).
+ * - A panels (a convolution's weights): rows [i*MR, i*MR + MR) of an M x K matrix stored
+ *   k-major, [K][MR]; the last panel is zero-padded to MR rows. A product's A (activations)
+ *   is read in place from its rows instead (ukernel_rows).
+ * - B tiles: columns [j*NR, j*NR + NR) of a K x N matrix stored [K][NR], zero-padded (a
+ *   product's weights), or rows read in place at b + offs[k] (the convolution's input).
  * The micro-kernel computes one MR x NR block: C (+)= A_panel . B_tile over a K block, keeping
  * MR x NR/16 accumulators in zmm registers (8 x 3 = 24 of the 32), broadcasting A and loading
  * B. It stores only the valid rows and columns (masked stores), so the padding never leaks.
@@ -63,30 +64,6 @@
         }                                                                                         \
     } while (0)
 
-/* acc[i][v] = A[:, i] . B[:, v*16 .. v*16+16) over kc steps, NV vectors wide. */
-#define NK_UKERNEL(NV)                                                                            \
-    static void ukernel_##NV(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, \
-                             int mr, int nr, int accumulate, const float *bias) {                 \
-        const nk_clamp *const clamp = NULL;                                                       \
-        __m512 acc[NK_MR][NV];                                                                    \
-        NK_TILE_INIT(NV);                                                                         \
-        for (int64_t k = 0; k < kc; k++) {                                                        \
-            __m512 bv[NV];                                                                        \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
-                bv[v] = _mm512_loadu_ps(b + k * NK_NR + 16 * v);                                  \
-            _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                             \
-                __m512 av = _mm512_set1_ps(a[k * NK_MR + i]);                                     \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                              \
-                    acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);                            \
-            }                                                                                     \
-        }                                                                                         \
-        NK_TILE_MASKS(NV);                                                                        \
-        NK_TILE_STORE(NV);                                                                        \
-    }
-
-NK_UKERNEL(1)
-NK_UKERNEL(2)
-NK_UKERNEL(3)
 
 /* The same tile with A read in place from mr rows of a row-major matrix (row stride lda): a
  * product's A is used once per column tile, so packing it (a transposing copy per K block and
@@ -199,40 +176,10 @@ static void ukernel_direct(int64_t kc, const float *a, const float *b, const int
 
 int nk_packed_isa(void) { return 512; }
 
-void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr,
-                int nr, int accumulate, const float *bias) {
-    int nv = (nr + 15) / 16;
-    if (nv >= 3)
-        ukernel_3(kc, a, b, c, ldc, mr, nr, accumulate, bias);
-    else if (nv == 2)
-        ukernel_2(kc, a, b, c, ldc, mr, nr, accumulate, bias);
-    else
-        ukernel_1(kc, a, b, c, ldc, mr, nr, accumulate, bias);
-}
 
 #else /* portable: the same layouts, a plain loop */
 
 int nk_packed_isa(void) { return 0; }
-
-void nk_ukernel(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr,
-                int nr, int accumulate, const float *bias) {
-    float acc[NK_MR][NK_NR];
-    for (int i = 0; i < NK_MR; i++) {
-        float init = bias && i < mr ? bias[i] : 0.0f;
-        for (int j = 0; j < NK_NR; j++) acc[i][j] = init;
-    }
-    for (int64_t k = 0; k < kc; k++) {
-        const float *bk = b + k * NK_NR;
-        for (int i = 0; i < NK_MR; i++) {
-            float av = a[k * NK_MR + i];
-            for (int j = 0; j < NK_NR; j++) acc[i][j] += av * bk[j];
-        }
-    }
-    for (int i = 0; i < mr; i++) {
-        float *row = c + i * ldc;
-        for (int j = 0; j < nr; j++) row[j] = accumulate ? row[j] + acc[i][j] : acc[i][j];
-    }
-}
 
 static void ukernel_rows(int64_t kc, const float *a, int64_t lda, const float *b, float *c,
                          int64_t ldc, int mr, int nr, int accumulate) {
@@ -360,28 +307,9 @@ void nk_pack_conv_cvec(int nt, int64_t O, int64_t K, const float *w, float *out)
 
 /* ---- per-thread workspace ------------------------------------------------------------------ */
 
-/* Packed B blocks live in a per-thread buffer: the pool's threads persist, so it is allocated
- * once per thread and grown when a larger block comes along. */
-typedef struct {
-    float *data;
-    size_t floats;
-} tls_buffer;
-
-/* which: 0 = a unit's own B block, 1 = the B matrix a call shares with its workers. */
-static _Thread_local tls_buffer tls_bufs[2];
-
+/* which: 0 = a unit's own block, 1 = what a call shares with its workers (nk_thread_buffer). */
 static float *thread_buffer(int which, size_t floats) {
-    tls_buffer *b = &tls_bufs[which];
-    if (floats > b->floats) {
-        free(b->data);
-        b->data = NULL;
-        b->floats = 0;
-        void *p = NULL;
-        if (posix_memalign(&p, 64, floats * sizeof(float)) != 0) return NULL;
-        b->data = (float *)p;
-        b->floats = floats;
-    }
-    return b->data;
+    return (float *)nk_thread_buffer(which ? NK_BUF_SHARED : NK_BUF_TILE, floats * sizeof(float));
 }
 
 /* ---- blocking ------------------------------------------------------------------------------ */

@@ -14,6 +14,7 @@
  * hot), then sleep on a condition variable.
  */
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 
 #include "nk.h"
@@ -190,3 +191,22 @@ int nk_amx_request(void) {
 
 /* Ask when the kernel library loads (engine start), so no kernel pays for it mid-run. */
 __attribute__((constructor)) static void nk_amx_at_load(void) { (void)nk_amx_request(); }
+
+static _Thread_local struct {
+    void *data;
+    size_t bytes;
+} buffers[NK_BUF_SLOTS];
+
+void *nk_thread_buffer(int slot, size_t bytes) {
+    if (slot < 0 || slot >= NK_BUF_SLOTS) return NULL;
+    if (bytes > buffers[slot].bytes) {
+        free(buffers[slot].data);
+        buffers[slot].data = NULL;
+        buffers[slot].bytes = 0;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+        buffers[slot].data = p;
+        buffers[slot].bytes = bytes;
+    }
+    return buffers[slot].data;
+}
