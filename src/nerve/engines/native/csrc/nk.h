@@ -46,6 +46,24 @@ static inline float nk_clampf(float y, const nk_clamp *clamp) {
 typedef void (*nk_range_fn)(void *ctx, int64_t begin, int64_t end);
 void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx);
 
+/* The lanes of a 16-wide vector that hold the first `left` of what remains (0 to 16 lanes):
+ * the mask of every masked tail load and store. */
+static inline uint16_t nk_tail_mask(int64_t left) {
+    return left >= 16 ? (uint16_t)0xFFFFu : (left <= 0 ? (uint16_t)0 : (uint16_t)((1u << left) - 1u));
+}
+
+/* Columns [*lo, *hi) of a stride-phase plane row (PWh columns, stride SW, input column
+ * c * SW + b0) that read inside an input row of W columns; the rest are padding. */
+static inline void nk_phase_columns(int64_t b0, int64_t SW, int64_t W, int64_t PWh, int64_t *lo,
+                                    int64_t *hi) {
+    int64_t l = b0 >= 0 ? 0 : (-b0 + SW - 1) / SW;
+    int64_t r = b0 < W ? (W - 1 - b0) / SW + 1 : 0;
+    if (r > PWh) r = PWh;
+    if (l > r) l = r;
+    *lo = l;
+    *hi = r;
+}
+
 /* Per-thread scratch buffers, 64-byte aligned, kept and grown across calls (the pool's threads
  * persist, so each is allocated once per thread). One slot per use, so a kernel never hands
  * out memory another kernel on the same thread still holds. NULL when out of memory. */

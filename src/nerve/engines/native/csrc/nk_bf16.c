@@ -293,8 +293,7 @@ static void scalar_block(int64_t kcp, const uint32_t *a, int64_t lda, const uint
         __mmask16 mask[NV];                                                                       \
         _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) {                                    \
             int left = nr - 16 * v;                                                               \
-            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
-                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
+            mask[v] = (__mmask16)nk_tail_mask(left);                                              \
         }                                                                                         \
         _Pragma("GCC unroll 12") for (int i = 0; i < NK_BF16_MR; i++) {                           \
             if (i >= mr) break;                                                                   \
@@ -334,8 +333,7 @@ NK_TARGET_BF16 static void gemv_tile_bf16(int64_t kp2, const uint32_t *x, const 
     }
     for (int v = 0; v < 2; v++) {
         int left = nr - 16 * v;
-        __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF
-                                    : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+        __mmask16 mask = (__mmask16)nk_tail_mask(left);
         __m512 s = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]),
                                  _mm512_add_ps(acc[2][v], acc[3][v]));
         _mm512_mask_storeu_ps(y + 16 * v, mask, s);
@@ -609,7 +607,7 @@ NK_TARGET_AVX512 static void pair_run_avx512(const float *x0, const float *x1, i
                                              uint32_t *out) {
     int64_t i = 0;
     for (; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __mmask16 m = (__mmask16)nk_tail_mask(n - i);
         __m512i v = round16(_mm512_maskz_loadu_ps(m, x0 + i));
         if (x1) v = _mm512_or_si512(v, _mm512_slli_epi32(round16(_mm512_maskz_loadu_ps(m, x1 + i)),
                                                          16));
@@ -653,10 +651,8 @@ static void bconv_pairs_task(void *ctx, int64_t i0, int64_t i1) {
             for (int64_t rx = 0; rx < SW; rx++) {
                 uint32_t *ph = dst + (ry * SW + rx) * PHh * PWh;
                 const int64_t b0 = rx - d->PL;
-                int64_t lo = b0 >= 0 ? 0 : (-b0 + SW - 1) / SW;
-                int64_t hi = b0 < W ? (W - 1 - b0) / SW + 1 : 0;
-                if (hi > PWh) hi = PWh;
-                if (lo > hi) lo = hi;
+                int64_t lo, hi;
+                nk_phase_columns(b0, SW, W, PWh, &lo, &hi);
                 for (int64_t r = 0; r < PHh; r++) {
                     uint32_t *out = ph + r * PWh;
                     const int64_t iy = r * SH + ry - d->PT;
@@ -718,8 +714,7 @@ static void bconv_scalar(int64_t kcp, const uint32_t *a, const uint32_t *b, cons
         __mmask16 mask[NV];                                                                       \
         _Pragma("GCC unroll 3") for (int v = 0; v < NV; v++) {                                    \
             int left = nr - 16 * v;                                                               \
-            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
-                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
+            mask[v] = (__mmask16)nk_tail_mask(left);                                              \
         }                                                                                         \
         _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
             __m512 init = _mm512_set1_ps(bias && i < mr ? bias[i] : 0.0f);                        \
@@ -928,9 +923,8 @@ static void cvec_scalar(int64_t kp2, const uint32_t *src, const int64_t *offs,
 NK_TARGET_BF16 static void cvec_kernel(int64_t kp2, const uint32_t *src, const int64_t *offs,
                                        const uint16_t *b, const float *bias, int nc,
                                        float *out) {
-    const __mmask16 m0 = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1u);
-    const __mmask16 m1 = nc >= 32 ? (__mmask16)0xFFFF
-                                  : (nc <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nc - 16)) - 1u));
+    const __mmask16 m0 = (__mmask16)nk_tail_mask(nc);
+    const __mmask16 m1 = (__mmask16)nk_tail_mask(nc - 16);
     const __m512 init0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
     const __m512 init1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
     __m512 acc[NK_BF16_CVP][2];

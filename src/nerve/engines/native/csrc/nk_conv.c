@@ -140,7 +140,7 @@ static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, i
                                 buf + (oy * SH + 2) * PW};
         for (int64_t ox0 = 0; ox0 < OW; ox0 += 16) {
             int64_t n = OW - ox0 < 16 ? OW - ox0 : 16;
-            __mmask16 mask = (__mmask16)(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));
+            __mmask16 mask = (__mmask16)nk_tail_mask(n);
             __m512 acc = _mm512_set1_ps(b);
             for (int r = 0; r < 3; r++) {
                 const float *base = rows[r] + ox0 * SW;
@@ -184,7 +184,7 @@ static void dw3x3_s1_avx512(const nk_conv *d, const float *x, const float *w, fl
             }
             in[kx] = (__mmask16)m;
         }
-        const __mmask16 out = (__mmask16)(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));
+        const __mmask16 out = (__mmask16)nk_tail_mask(n);
         for (int64_t oy = 0; oy < OH; oy++) {
             __m512 acc = _mm512_set1_ps(b);
             for (int ky = 0; ky < 3; ky++) {

@@ -119,7 +119,7 @@ static void quantize_bytes(const float *x, int64_t n, float s, int32_t zero, int
     const __m512 vhi = _mm512_set1_ps((float)(hi - zero)), vnan = _mm512_set1_ps((float)-zero);
     const __m512i vz = _mm512_set1_epi32(zero), vsh = _mm512_set1_epi32(shift);
     for (; k < n; k += 16) {
-        __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        __mmask16 m = (__mmask16)nk_tail_mask(n - k);
         __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), vs),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __mmask16 nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
@@ -951,7 +951,7 @@ static void dw_task(void *ctx, int64_t u0, int64_t u1) {
                     offs[t] = taps[t].r * plane + ox0 + taps[t].base;
                 }
                 int64_t left = OW - ox0;
-                __mmask16 out = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+                __mmask16 out = (__mmask16)nk_tail_mask(left);
                 for (int64_t oy = 0; oy < OH; oy++) {
                     __m512i acc = _mm512_setzero_si512();
                     for (int64_t ky = 0, t = 0; ky < d->KH; ky++, t += d->KW) {

@@ -42,8 +42,7 @@
     do {                                                                                          \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                    \
             int left = nr - 16 * v;                                                               \
-            mask[v] = left >= 16 ? (__mmask16)0xFFFF                                              \
-                                 : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));   \
+            mask[v] = (__mmask16)nk_tail_mask(left);                                              \
         }                                                                                         \
     } while (0)
 
@@ -384,10 +383,8 @@ static void convp_phase_task(void *ctx, int64_t i0, int64_t i1) {
                 float *ph = dst + (ry * SW + rx) * PHh * PWh;
                 /* Columns j in [lo, hi) read input column j*SW + b0 inside the row. */
                 const int64_t b0 = rx - d->PL;
-                int64_t lo = b0 >= 0 ? 0 : (-b0 + SW - 1) / SW;
-                int64_t hi = b0 < W ? (W - 1 - b0) / SW + 1 : 0;
-                if (hi > PWh) hi = PWh;
-                if (lo > hi) lo = hi;
+                int64_t lo, hi;
+                nk_phase_columns(b0, SW, W, PWh, &lo, &hi);
                 for (int64_t r = 0; r < PHh; r++) {
                     float *out = ph + r * PWh;
                     const int64_t iy = r * SH + ry - d->PT;
@@ -808,8 +805,7 @@ static void gemv_tile(int64_t K, const float *x, const float *b, float *y, int n
     }
     for (int v = 0; v < 3; v++) {
         int left = nr - 16 * v;
-        __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF
-                                    : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+        __mmask16 mask = (__mmask16)nk_tail_mask(left);
         _mm512_mask_storeu_ps(y + 16 * v, mask, _mm512_add_ps(acc[v], acc[v + 3]));
     }
 #else
