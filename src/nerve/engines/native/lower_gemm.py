@@ -181,15 +181,16 @@ def _gemm(lw: Lowering, node: Node) -> list[Step]:
 # Small maps put output channels in the vector lanes (nk_conv2d_cvec). On a 7x7 map the
 # pixel-vector kernel fills 49 of 64 lanes, and a padded or strided conv's pixel rows carry
 # dropped columns through a staging copy; channel blocks of 64 are full in most layers. The
-# channel-vector kernel pays a transposed store per output, which a deep K amortises.
-# Measured on one thread over chains of convs whose weights do not fit in L3 (as in a model),
-# GFLOP/s channel-vector / pixel-vector: 3x3 512->512 on 7x7 173 / 96, 3x3 256->256 on 14x14
-# 178 / 152, 1x1 1024->1024 on 14x14 193 / 169, 1x1 512->512 on 7x7 152 / 112, but 1x1
-# 256->256 on 14x14 174 / 192 and 160->160 on 7x7 131 / 175; on 28x28 they are even.
+# channel-vector kernel pays a transposed store per output (16x16 register transposes), which
+# a K of 128 already amortises. Measured on one thread, MobileNetV2's small-map 1x1 convs,
+# channel-vector / pixel-vector: 320->1280 on 7x7 198 / 250 us, 960->160 on 7x7 93 / 100 us,
+# 64->384 on 14x14 44 / 49 us; but 576->96 on 14x14 (a last block half idle) 121 / 105 us.
+# Over chains of convs whose weights do not fit in L3, GFLOP/s: 3x3 512->512 on 7x7 173 / 96,
+# 3x3 256->256 on 14x14 178 / 152. ResNet-50 end to end is the same either way.
 CVEC_CONV = True  # False: every conv on the pixel-vector kernel (for A/B measurements)
 CVEC_MAX_PIXELS = 196  # 14 x 14
-CVEC_MIN_DEPTH = 512  # K = C * KH * KW
-CVEC_MAX_IDLE = 0.125  # the share of lanes a partial last channel block may leave idle
+CVEC_MIN_DEPTH = 128  # K = C * KH * KW
+CVEC_MAX_IDLE = 0.2  # the share of lanes a partial last channel block may leave idle
 
 
 def _channel_vector_pays(group: int, channels: int, out_channels: int, geo: Window) -> bool:

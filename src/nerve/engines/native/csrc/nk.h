@@ -52,6 +52,39 @@ static inline uint16_t nk_tail_mask(int64_t left) {
     return left >= 16 ? (uint16_t)0xFFFFu : (left <= 0 ? (uint16_t)0 : (uint16_t)((1u << left) - 1u));
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* r[j] <- column j of the 16x16 matrix whose rows are r[0..15]. */
+static inline void nk_transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + e]: in 128-bit lane L, column 4L + e of rows 4g .. 4g + 3. */
+    for (int g = 0; g < 4; g++) {
+        __m512d lo0 = _mm512_castps_pd(t[4 * g]), lo1 = _mm512_castps_pd(t[4 * g + 2]);
+        __m512d hi0 = _mm512_castps_pd(t[4 * g + 1]), hi1 = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+    }
+    /* A 4x4 transpose of 128-bit lanes for each e: column 4L + e gathers lane L of u[4g + e]. */
+    for (int e = 0; e < 4; e++) {
+        __m512 a = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44);
+        __m512 b = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+        __m512 c = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44);
+        __m512 d = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+        r[e] = _mm512_shuffle_f32x4(a, c, 0x88);
+        r[4 + e] = _mm512_shuffle_f32x4(a, c, 0xDD);
+        r[8 + e] = _mm512_shuffle_f32x4(b, d, 0x88);
+        r[12 + e] = _mm512_shuffle_f32x4(b, d, 0xDD);
+    }
+}
+#endif
+
 /* Columns [*lo, *hi) of a stride-phase plane row (PWh columns, stride SW, input column
  * c * SW + b0) that read inside an input row of W columns; the rest are padding. */
 static inline void nk_phase_columns(int64_t b0, int64_t SW, int64_t W, int64_t PWh, int64_t *lo,
@@ -74,6 +107,7 @@ enum {
     NK_BUF_BF16_SHARED, /* bf16: what a call shares with its workers */
     NK_BUF_BF16_STAGE,  /* bf16: output staging */
     NK_BUF_INT8,        /* int8 kernels */
+    NK_BUF_DEPTHWISE,   /* channel-blocked depthwise: a unit's tile and outputs */
     NK_BUF_SLOTS
 };
 void *nk_thread_buffer(int slot, size_t bytes);
@@ -115,6 +149,12 @@ int64_t nk_conv2d_workspace(const nk_conv *d);
 void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const float *bias,
                float *y, float *work, nk_epilogue ep, const void *const *ep_args,
                const nk_clamp *clamp);
+
+/* Depthwise convolution (G == C == O) over blocks of 16 channels (nk_depthwise.c); returns 0,
+ * having done nothing, where it does not apply (other shapes, no AVX-512). */
+int nk_depthwise_blocked(int nt, const nk_conv *d, const float *x, const float *w,
+                         const float *bias, float *y, nk_epilogue ep, const void *const *ep_args,
+                         const nk_clamp *clamp);
 
 /* Copy an H x W plane into a PH x PW buffer at offset (pt, pl), `fill` everywhere else. */
 void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t PH,

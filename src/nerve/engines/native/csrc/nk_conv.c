@@ -3,7 +3,9 @@
  * - 1x1, stride 1, no padding: the input plane *is* the GEMM's B matrix (no copy).
  * - general: im2col into the workspace, then GEMM (W[O/G, C/G*KH*KW] x col[.., pixels]).
  * - one input channel per group (depthwise and its multiplier variants): a direct loop, because
- *   its GEMM would have K = KH*KW (tiny) and be bound by the im2col copy.
+ *   its GEMM would have K = KH*KW (tiny) and be bound by the im2col copy. With AVX-512 a plain
+ *   depthwise conv (O == C) runs on 16-channel blocks instead (nk_depthwise.c); the
+ *   plane-at-a-time loop here serves depth multipliers and builds without AVX-512.
  * Each thread owns a slab of output pixels (or of output channels when the image is small),
  * so the bias add and the fused epilogue run on data still in that thread's cache.
  */
@@ -120,109 +122,15 @@ void nk_pad_plane(const float *x, int64_t H, int64_t W, int64_t pt, int64_t pl, 
     }
 }
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-
-/* The 3x3 taps over a padded plane, 16 output columns per vector with a masked tail, so
- * planes narrower than a vector (14x14, 7x7 in MobileNet's late stages) vectorise too. Stride
- * 2 loads two vectors and keeps the even lanes. Reads up to 40 floats past the plane (slack
- * the caller reserves; those lanes are discarded). */
-static void dw3x3_avx512(const float *buf, int64_t PW, int64_t OH, int64_t OW, int64_t SH,
-                         int64_t SW, const float *w, float b, float *y, const nk_clamp *clamp) {
-    const __m512 lo = _mm512_set1_ps(clamp ? clamp->lo : 0.0f);
-    const __m512 hi = _mm512_set1_ps(clamp ? clamp->hi : 0.0f);
-    __m512 wv[9];
-    for (int t = 0; t < 9; t++) wv[t] = _mm512_set1_ps(w[t]);
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4,
-                                          2, 0);
-    for (int64_t oy = 0; oy < OH; oy++) {
-        const float *rows[3] = {buf + oy * SH * PW, buf + (oy * SH + 1) * PW,
-                                buf + (oy * SH + 2) * PW};
-        for (int64_t ox0 = 0; ox0 < OW; ox0 += 16) {
-            int64_t n = OW - ox0 < 16 ? OW - ox0 : 16;
-            __mmask16 mask = (__mmask16)nk_tail_mask(n);
-            __m512 acc = _mm512_set1_ps(b);
-            for (int r = 0; r < 3; r++) {
-                const float *base = rows[r] + ox0 * SW;
-                for (int kx = 0; kx < 3; kx++) {
-                    __m512 v;
-                    if (SW == 1) {
-                        v = _mm512_loadu_ps(base + kx);
-                    } else {
-                        v = _mm512_permutex2var_ps(_mm512_loadu_ps(base + kx), even,
-                                                   _mm512_loadu_ps(base + kx + 16));
-                    }
-                    acc = _mm512_fmadd_ps(wv[r * 3 + kx], v, acc);
-                }
-            }
-            if (clamp) acc = _mm512_min_ps(hi, _mm512_max_ps(lo, acc)); /* NaN kept */
-            _mm512_mask_storeu_ps(y + oy * OW + ox0, mask, acc);
-        }
-    }
-}
-
-/* The stride-1 3x3 taps read straight from the plane: lanes whose input column falls in the
- * padding are masked off (a masked-off lane is never read, even past the plane), rows in the
- * padding are skipped. No padded copy: on small planes it cost as much as the taps (one thread,
- * per layer: 960 planes of 7x7 55 vs 72 us, 384 of 14x14 40 vs 55, 192 of 28x28 66 vs 70;
- * on 56x56 and wider the copy's unmasked loads win, 154 vs 185 us). */
-static void dw3x3_s1_avx512(const nk_conv *d, const float *x, const float *w, float b, float *y,
-                            const nk_clamp *clamp) {
-    const int64_t H = d->H, W = d->W, OH = d->OH, OW = d->OW, PT = d->PT, PL = d->PL;
-    const __m512 lo = _mm512_set1_ps(clamp ? clamp->lo : 0.0f);
-    const __m512 hi = _mm512_set1_ps(clamp ? clamp->hi : 0.0f);
-    __m512 wv[9];
-    for (int t = 0; t < 9; t++) wv[t] = _mm512_set1_ps(w[t]);
-    for (int64_t ox0 = 0; ox0 < OW; ox0 += 16) {
-        const int64_t n = OW - ox0 < 16 ? OW - ox0 : 16;
-        __mmask16 in[3]; /* per kx: lanes whose input column ox0 + i + kx - PL is in the row */
-        for (int kx = 0; kx < 3; kx++) {
-            uint32_t m = 0;
-            for (int64_t i = 0; i < n; i++) {
-                const int64_t ix = ox0 + i + kx - PL;
-                if (ix >= 0 && ix < W) m |= 1u << i;
-            }
-            in[kx] = (__mmask16)m;
-        }
-        const __mmask16 out = (__mmask16)nk_tail_mask(n);
-        for (int64_t oy = 0; oy < OH; oy++) {
-            __m512 acc = _mm512_set1_ps(b);
-            for (int ky = 0; ky < 3; ky++) {
-                const int64_t iy = oy + ky - PT;
-                if (iy < 0 || iy >= H) continue;
-                const float *row = x + iy * W + ox0 - PL;
-                for (int kx = 0; kx < 3; kx++)
-                    acc = _mm512_fmadd_ps(wv[ky * 3 + kx],
-                                          _mm512_maskz_loadu_ps(in[kx], row + kx), acc);
-            }
-            if (clamp) acc = _mm512_min_ps(hi, _mm512_max_ps(lo, acc)); /* NaN kept */
-            _mm512_mask_storeu_ps(y + oy * OW + ox0, out, acc);
-        }
-    }
-}
-#endif
-
 /* 3x3 undilated depthwise plane through a zero-padded copy: no bounds checks in the taps, and
  * the output row loop vectorises (stride 1: plain loads; stride 2: even lanes). */
 static int conv3x3_plane(const nk_conv *d, const float *x, const float *w, float b, float *y,
                          const nk_clamp *clamp) {
     const int64_t OH = d->OH, OW = d->OW, SH = d->SH, SW = d->SW;
     const int64_t PH = (OH - 1) * SH + 3, PW = (OW - 1) * SW + 3;
-#if defined(__AVX512F__)
-    if (SH == 1 && SW == 1 && OW <= 32) { /* wider rows: the padded copy's plain loads win */
-        dw3x3_s1_avx512(d, x, w, b, y, clamp);
-        return 1;
-    }
-#endif
     float buf[16384 + 64];
     if (PH * PW > 16384) return 0;
     nk_pad_plane(x, d->H, d->W, d->PT, d->PL, PH, PW, 0.0f, buf);
-#if defined(__AVX512F__)
-    if (SW <= 2) {
-        dw3x3_avx512(buf, PW, OH, OW, SH, SW, w, b, y, clamp);
-        return 1;
-    }
-#endif
     const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6],
                 w7 = w[7], w8 = w[8];
     for (int64_t oy = 0; oy < OH; oy++) {
@@ -358,6 +266,7 @@ void nk_conv2d(int nt, const nk_conv *d, const float *x, const float *w, const f
                const nk_clamp *clamp) {
     conv_job j = {d, x, w, bias, y, work, ep, ep_args, clamp, NULL, NULL, 0, 0, 0, 0};
     if (is_per_channel(d)) {
+        if (nk_depthwise_blocked(nt, d, x, w, bias, y, ep, ep_args, clamp)) return;
         conv_per_channel(nt, &j);
         return;
     }

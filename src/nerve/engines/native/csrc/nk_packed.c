@@ -650,6 +650,39 @@ typedef struct {
     int64_t rows;       /* output rows per chunk */
 } cvec_job;
 
+/* Pixels [0, np) of io (pixel p's NB channels at io + p * NB) for channels [o0, o1) into
+ * their NCHW planes (y: channel o0's plane at the first pixel; plane stride P), with the bias
+ * and the clamp. AVX-512: 16 pixels x 16 channels per register transpose. */
+static void cv_store(const float *io, int64_t np, int64_t o0, int64_t o1, const float *bias,
+                     const nk_clamp *clamp, float *y, int64_t P) {
+#if defined(__AVX512F__)
+    const __m512 lo = _mm512_set1_ps(clamp ? clamp->lo : 0.0f);
+    const __m512 hi = _mm512_set1_ps(clamp ? clamp->hi : 0.0f);
+    __m512 v[16];
+    for (int64_t g = 0; g < o1 - o0; g += 16) {
+        const int cn = (int)(o1 - o0 - g < 16 ? o1 - o0 - g : 16);
+        for (int64_t p = 0; p < np; p += 16) {
+            const int64_t n = np - p < 16 ? np - p : 16;
+            for (int64_t i = 0; i < 16; i++)
+                v[i] = i < n ? _mm512_load_ps(io + (p + i) * NK_CV_NB + g) : _mm512_setzero_ps();
+            nk_transpose16(v);
+            const __mmask16 m = (__mmask16)nk_tail_mask(n);
+            for (int k = 0; k < cn; k++) {
+                __m512 r = _mm512_add_ps(v[k], _mm512_set1_ps(bias ? bias[o0 + g + k] : 0.0f));
+                if (clamp) r = _mm512_min_ps(hi, _mm512_max_ps(lo, r)); /* NaN kept */
+                _mm512_mask_storeu_ps(y + (g + k) * P + p, m, r);
+            }
+        }
+    }
+#else
+    for (int64_t o = o0; o < o1; o++) {
+        const float b = bias ? bias[o] : 0.0f;
+        for (int64_t p = 0; p < np; p++)
+            y[(o - o0) * P + p] = nk_clampf(io[p * NK_CV_NB + (o - o0)] + b, clamp);
+    }
+#endif
+}
+
 static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
     const cvec_job *j = (const cvec_job *)ctx;
     const convp_job *c = &j->c;
@@ -677,23 +710,15 @@ static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
                 }
             }
         }
-        /* Transpose the tiles into NCHW, adding the bias. */
+        /* The tiles into NCHW, adding the bias. */
         int64_t o0 = ob * NK_CV_NB, o1 = o0 + NK_CV_NB < O ? o0 + NK_CV_NB : O;
-        float *yn = c->y + n * O * P;
-        for (int64_t o = o0; o < o1; o++) {
-            const float b = c->bias ? c->bias[o] : 0.0f;
-            const nk_clamp *cl = c->clamp;
-            float *yo = yn + o * P;
-            for (int64_t r = r0; r < r1; r++) {
-                for (int64_t t = 0; t < rt; t++) {
-                    int64_t ox = t * NK_CV_MT;
-                    int mt = (int)(OW - ox < NK_CV_MT ? OW - ox : NK_CV_MT);
-                    const float *tile = io + ((r - r0) * rt + t) * NK_CV_MT * NK_CV_NB + (o - o0);
-                    for (int i = 0; i < mt; i++)
-                        yo[r * OW + ox + i] = nk_clampf(tile[i * NK_CV_NB] + b, cl);
-                }
-            }
-        }
+        float *yn = c->y + n * O * P + r0 * OW;
+        if (OW == rt * NK_CV_MT) /* whole tiles: the unit's pixels are consecutive in io */
+            cv_store(io, (r1 - r0) * OW, o0, o1, c->bias, c->clamp, yn + o0 * P, P);
+        else
+            for (int64_t r = r0; r < r1; r++)
+                cv_store(io + (r - r0) * rt * NK_CV_MT * NK_CV_NB, OW, o0, o1, c->bias, c->clamp,
+                         yn + o0 * P + (r - r0) * OW, P);
         if (c->ep) c->ep(c->ep_args, 1, n, o0, o1, r0 * OW, r1 * OW);
     }
 }
