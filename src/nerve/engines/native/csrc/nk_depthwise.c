@@ -185,7 +185,9 @@ static void dw_task(void *ctx, int64_t u0, int64_t u1) {
                      (d->SH == 1 || d->SH == 2);
     int64_t loaded = -1; /* channel block whose weights are in wt */
     for (int64_t u = u0; u < u1; u++) {
-        const int64_t band = u % j->bands, cb = (u / j->bands) % j->cblocks;
+        /* Channel blocks innermost: a thread's contiguous share of units is a band of rows
+         * of every channel, the pixels the convs before and after give it (nk_threads.c). */
+        const int64_t cb = u % j->cblocks, band = (u / j->cblocks) % j->bands;
         const int64_t n = u / (j->bands * j->cblocks), c0 = cb * DW_CB;
         const int cn = (int)(C - c0 < DW_CB ? C - c0 : DW_CB);
         const int64_t oy0 = band * j->band_rows;
@@ -227,19 +229,16 @@ int nk_depthwise_blocked(int nt, const nk_conv *d, const float *x, const float *
     int64_t band_rows = (DW_BUDGET - fixed) / per_row;
     if (band_rows < 1) band_rows = 1;
     if (fixed + band_rows * per_row > 16 * DW_BUDGET) return 0; /* rows too wide: planes */
-    const int64_t cblocks = (d->C + DW_CB - 1) / DW_CB;
-    /* Enough units for every thread to get a few (threads take contiguous runs). */
-    const int64_t want = 4 * (int64_t)(nt > 1 ? nt : 1);
-    if (nt > 1 && d->N * cblocks * ((d->OH + band_rows - 1) / band_rows) < want) {
-        int64_t bands = (want + d->N * cblocks - 1) / (d->N * cblocks);
-        int64_t r = (d->OH + bands - 1) / bands;
-        if (r < band_rows) band_rows = r < 1 ? 1 : r;
-    }
-    if (band_rows > d->OH) band_rows = d->OH;
-    dw_job j = {d, x, w, bias, y, ep, ep_args, clamp, cblocks,
-                (d->OH + band_rows - 1) / band_rows, band_rows, TW};
-    const int64_t units = d->N * cblocks * j.bands;
     if (nt < 1 || d->N * d->C * d->OH * d->OW * d->KH * d->KW < 32768) nt = 1;
+    /* Bands: a multiple of the thread count where the rows allow, so each thread's share is
+     * whole bands (a spatial split, like the pixel-split convs around it). */
+    int64_t bands = (d->OH + band_rows - 1) / band_rows;
+    if (nt > 1 && d->OH >= nt) bands = (bands + nt - 1) / nt * nt;
+    band_rows = (d->OH + bands - 1) / bands;
+    bands = (d->OH + band_rows - 1) / band_rows;
+    dw_job j = {d, x, w, bias, y, ep, ep_args, clamp, (d->C + DW_CB - 1) / DW_CB, bands,
+                band_rows, TW};
+    const int64_t units = d->N * j.cblocks * bands;
     nk_parallel_for(nt, units, 1, dw_task, &j);
     return 1;
 }

@@ -425,8 +425,11 @@ static void convp_task(void *ctx, int64_t u0, int64_t u1) {
     float *tmp = staged ? thread_buffer(0, (size_t)(j->opanels * NK_MR * ldt)) : NULL;
     if (staged && !tmp) return; /* out of memory */
     for (int64_t u = u0; u < u1; u++) {
-        int64_t pc = u % j->pchunks, rest = u / j->pchunks;
-        int64_t oc = rest % j->ochunks, ng = rest / j->ochunks;
+        /* Channel chunks innermost: a thread's contiguous share of units is a run of pixel
+         * chunks (a spatial split, so it reads what it wrote in the kernel before, see
+         * nk_threads.c). */
+        int64_t oc = u % j->ochunks, rest = u / j->ochunks;
+        int64_t pc = rest % j->pchunks, ng = rest / j->pchunks;
         int64_t g = ng % G, n = ng / G;
         int64_t pp0 = pc * ldt, pp1 = pp0 + ldt;
         if (pp1 > j->PP) pp1 = j->PP;

@@ -3,10 +3,18 @@
  * Why not OpenMP: at the end of an OpenMP parallel region every thread of the team must reach
  * the barrier. On a small shared machine a worker is often descheduled by another process, and
  * the caller then waits for a whole scheduler time slice (milliseconds) for it, even when the
- * caller has done all the work itself. Here the caller and the workers take chunks of the loop
- * from one atomic counter; the caller returns as soon as every chunk is done, so a worker that
- * never woke up costs nothing (a worker preempted *inside* a chunk still has to finish it,
- * which keeps chunks small).
+ * caller has done all the work itself. Here the caller returns as soon as every chunk is done,
+ * so a worker that never woke up costs nothing (a worker preempted *inside* a chunk still has
+ * to finish it, which keeps chunks small).
+ *
+ * Each participant (the caller is 0, worker i is i) owns a fixed, contiguous share of the
+ * chunks and takes them from the front; one that runs out takes the others' remaining chunks.
+ * Why fixed shares rather than one shared counter: consecutive kernels split their data the
+ * same way, so a thread finds what it wrote in the previous kernel in its own cache. When the
+ * VM's two vCPUs do not share a cache, a shared counter hands each chunk to a random thread:
+ * measured there, a loop writing 4 MiB in 256 chunks took 118 us on two threads (65 us on
+ * one), 35 us with fixed shares. Each participant also counts its finished chunks privately
+ * and publishes them once, so no cache line bounces per chunk.
  *
  * Jobs use two alternating slots so that a late worker that saw job g can only ever read job
  * g's fields (it re-checks the generation after announcing itself), never the next job's while
@@ -28,15 +36,20 @@
 #define NK_PAUSE() ((void)0)
 #endif
 
+/* A participant's share of a job's chunks: [next, end), taken from the front. */
+typedef struct share {
+    _Alignas(64) atomic_llong next;
+    long long end;
+} share;
+
 typedef struct job {
     nk_range_fn fn;
     void *ctx;
     int64_t n, grain, chunks;
-    int want;                 /* workers that may join (nt - 1) */
-    atomic_llong next;        /* next chunk to take */
-    atomic_llong done;        /* chunks finished */
-    atomic_int joined;        /* workers that joined */
+    int parts;                /* participants: the caller and workers 1 .. parts - 1 */
+    atomic_llong done;        /* chunks finished (each participant adds its count once) */
     atomic_int active;        /* workers that may still read this slot */
+    share shares[NK_MAX_WORKERS + 1];
 } job;
 
 static struct {
@@ -51,19 +64,25 @@ static struct {
 
 static _Thread_local int in_task;  /* nested parallel loops run inline */
 
-static void run_chunks(job *j) {
-    for (;;) {
-        long long c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (c >= j->chunks) return;
-        int64_t begin = c * j->grain;
-        int64_t end = begin + j->grain < j->n ? begin + j->grain : j->n;
-        j->fn(j->ctx, begin, end);
-        atomic_fetch_add_explicit(&j->done, 1, memory_order_release);
+/* Participant p's own chunks, then whatever the others have not taken yet. */
+static void run_chunks(job *j, int p) {
+    long long count = 0;
+    for (int k = 0; k < j->parts; k++) {
+        share *s = &j->shares[(p + k) % j->parts];
+        for (;;) {
+            long long c = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+            if (c >= s->end) break;
+            int64_t begin = c * j->grain;
+            int64_t end = begin + j->grain < j->n ? begin + j->grain : j->n;
+            j->fn(j->ctx, begin, end);
+            count++;
+        }
     }
+    if (count) atomic_fetch_add_explicit(&j->done, count, memory_order_release);
 }
 
 static void *worker(void *arg) {
-    (void)arg;
+    const int id = (int)(intptr_t)arg; /* 1, 2, ...: its share in every job */
     in_task = 1;
     unsigned long long seen = atomic_load_explicit(&pool.gen, memory_order_acquire);
     for (;;) {
@@ -83,8 +102,7 @@ static void *worker(void *arg) {
         job *j = &pool.slots[seen % 2];
         atomic_fetch_add(&j->active, 1);
         /* Only job `seen` may be read: if a newer one was published meanwhile, skip ahead. */
-        if (atomic_load(&pool.gen) == seen && atomic_fetch_add(&j->joined, 1) < j->want)
-            run_chunks(j);
+        if (atomic_load(&pool.gen) == seen && id < j->parts) run_chunks(j, id);
         atomic_fetch_sub(&j->active, 1);
     }
     return NULL;
@@ -112,7 +130,7 @@ static void start_workers(int count) {
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_attr_setstacksize(&attr, 8u << 20);  /* kernels keep padded planes on the stack */
-        int failed = pthread_create(&t, &attr, worker, NULL);
+        int failed = pthread_create(&t, &attr, worker, (void *)(intptr_t)(pool.workers + 1));
         pthread_attr_destroy(&attr);
         if (failed) break;
         pool.workers++;
@@ -137,10 +155,12 @@ void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx
     j->n = n;
     j->grain = grain;
     j->chunks = (n + grain - 1) / grain;
-    j->want = nt - 1;
-    atomic_store(&j->next, 0);
+    j->parts = nt < pool.workers + 1 ? nt : pool.workers + 1;
+    for (int p = 0; p < j->parts; p++) {
+        atomic_store_explicit(&j->shares[p].next, j->chunks * p / j->parts, memory_order_relaxed);
+        j->shares[p].end = j->chunks * (p + 1) / j->parts;
+    }
     atomic_store(&j->done, 0);
-    atomic_store(&j->joined, 0);
     atomic_store_explicit(&pool.gen, g, memory_order_release);
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.lock);
@@ -148,7 +168,7 @@ void nk_parallel_for(int nt, int64_t n, int64_t grain, nk_range_fn fn, void *ctx
         pthread_mutex_unlock(&pool.lock);
     }
     in_task = 1;
-    run_chunks(j);
+    run_chunks(j, 0);
     in_task = 0;
     while (atomic_load_explicit(&j->done, memory_order_acquire) < j->chunks) NK_PAUSE();
     pthread_mutex_unlock(&pool.call);
