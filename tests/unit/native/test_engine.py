@@ -227,7 +227,8 @@ def test_pack_conv_cvec_layout_and_in_place_repack() -> None:
     [
         ((1, 64, 7, 7), (64, 64, 3, 3), 1, "nk_conv2d_cvec"),  # 3x3 on a 7x7 map, K = 576
         ((1, 512, 7, 7), (64, 512, 1, 1), 0, "nk_conv2d_cvec"),  # a deep 1x1 on 7x7
-        ((1, 64, 7, 7), (80, 64, 3, 3), 1, "nk_conv2d_packed"),  # 48 of 128 lanes idle
+        ((1, 64, 7, 7), (80, 64, 3, 3), 1, "nk_conv2d_cvec"),  # 64 + a half-width block of 16
+        ((1, 64, 7, 7), (100, 64, 3, 3), 1, "nk_conv2d_packed"),  # 28 of 128 lanes idle
         ((1, 8, 7, 7), (16, 8, 3, 3), 1, "nk_conv2d_packed"),  # K = 72: the store dominates
         ((1, 64, 28, 28), (64, 64, 3, 3), 1, "nk_conv2d_packed"),  # a large map
     ],
@@ -248,6 +249,7 @@ def test_conv_kernel_choice(x: tuple[int, ...], w: tuple[int, ...], pads: int, k
     ("x", "w", "attrs"),
     [
         ((1, 3, 5, 5), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # one partial block, K = 27
+        ((1, 3, 5, 5), (120, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # a last block of 56 (full tile)
         ((2, 4, 9, 17), (67, 4, 2, 3), {"strides": [2, 1], "dilations": [1, 2]}),  # odd geometry
         ((1, 2, 1, 23), (65, 2, 1, 1), {}),  # one row, tiles of 7 + a 2-pixel tail
     ],

@@ -184,7 +184,8 @@ def _gemm(lw: Lowering, node: Node) -> list[Step]:
 # channel-vector kernel pays a transposed store per output (16x16 register transposes), which
 # a K of 128 already amortises. Measured on one thread, MobileNetV2's small-map 1x1 convs,
 # channel-vector / pixel-vector: 320->1280 on 7x7 198 / 250 us, 960->160 on 7x7 93 / 100 us,
-# 64->384 on 14x14 44 / 49 us; but 576->96 on 14x14 (a last block half idle) 121 / 105 us.
+# 64->384 on 14x14 44 / 49 us; a last block of at most 32 channels runs a half-width tile
+# (576->96 on 14x14 was 121 / 105 us while that block ran the full tile half idle).
 # Over chains of convs whose weights do not fit in L3, GFLOP/s: 3x3 512->512 on 7x7 173 / 96,
 # 3x3 256->256 on 14x14 178 / 152. ResNet-50 end to end is the same either way.
 CVEC_CONV = True  # False: every conv on the pixel-vector kernel (for A/B measurements)
@@ -195,7 +196,9 @@ CVEC_MAX_IDLE = 0.2  # the share of lanes a partial last channel block may leave
 
 def _channel_vector_pays(group: int, channels: int, out_channels: int, geo: Window) -> bool:
     depth = channels * geo.kernel[0] * geo.kernel[1]
-    padded = -(-out_channels // CV_NB) * CV_NB
+    # A last block of at most CV_NB / 2 channels runs a half-width tile (nk_packed.c).
+    last = out_channels % CV_NB
+    padded = out_channels - last + (0 if last == 0 else CV_NB // 2 if last <= CV_NB // 2 else CV_NB)
     return (
         CVEC_CONV and group == 1 and 0 < math.prod(geo.out) <= CVEC_MAX_PIXELS
         and depth >= CVEC_MIN_DEPTH and padded - out_channels <= CVEC_MAX_IDLE * padded

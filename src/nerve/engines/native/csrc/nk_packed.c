@@ -591,59 +591,68 @@ int64_t nk_conv_cvec_floats(const nk_conv *d) {
 }
 
 #if defined(__AVX512F__)
-/* acc[MT][4] (+)= pixels (src + offs[k] + i, i < MT) x weights [kc][NB]. */
-#define NK_CV_TILE(MT)                                                                            \
-    static void cv_tile_##MT(int64_t kc, const float *w, const float *s, const int64_t *offs,   \
-                             float *io, int first) {                                              \
-        __m512 acc[MT][4];                                                                        \
+/* acc[MT][NV] (+)= pixels (src + offs[k] + i, i < MT) x the first 16 * NV channels of the
+ * weights [kc][NB]. NV = 4 is the full block; NV = 2 serves a last block of at most 32
+ * channels, whose other half would only multiply zeros. */
+#define NK_CV_TILE(NAME, MT, NV)                                                                  \
+    static void NAME(int64_t kc, const float *w, const float *s, const int64_t *offs, float *io, \
+                     int first) {                                                                 \
+        __m512 acc[MT][NV];                                                                       \
         _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++)                                      \
-            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                   \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
                 acc[i][v] = first ? _mm512_setzero_ps()                                           \
                                   : _mm512_load_ps(io + i * NK_CV_NB + 16 * v);                   \
         for (int64_t k = 0; k < kc; k++) {                                                        \
             const float *wk = w + k * NK_CV_NB, *sk = s + offs[k];                                \
-            __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);                       \
-            __m512 w2 = _mm512_loadu_ps(wk + 32), w3 = _mm512_loadu_ps(wk + 48);                  \
+            __m512 wv[NV];                                                                        \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) wv[v] =                          \
+                _mm512_loadu_ps(wk + 16 * v);                                                     \
             _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++) {                                \
                 __m512 b = _mm512_set1_ps(sk[i]);                                                 \
-                acc[i][0] = _mm512_fmadd_ps(b, w0, acc[i][0]);                                    \
-                acc[i][1] = _mm512_fmadd_ps(b, w1, acc[i][1]);                                    \
-                acc[i][2] = _mm512_fmadd_ps(b, w2, acc[i][2]);                                    \
-                acc[i][3] = _mm512_fmadd_ps(b, w3, acc[i][3]);                                    \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[i][v] =                  \
+                    _mm512_fmadd_ps(b, wv[v], acc[i][v]);                                         \
             }                                                                                     \
         }                                                                                         \
         _Pragma("GCC unroll 8") for (int i = 0; i < MT; i++)                                      \
-            _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)                                   \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
                 _mm512_store_ps(io + i * NK_CV_NB + 16 * v, acc[i][v]);                           \
     }
 #else
-#define NK_CV_TILE(MT)                                                                            \
-    static void cv_tile_##MT(int64_t kc, const float *w, const float *s, const int64_t *offs,   \
-                             float *io, int first) {                                              \
-        float acc[MT][NK_CV_NB];                                                                  \
+#define NK_CV_TILE(NAME, MT, NV)                                                                  \
+    static void NAME(int64_t kc, const float *w, const float *s, const int64_t *offs, float *io, \
+                     int first) {                                                                 \
+        float acc[MT][16 * NV];                                                                   \
         for (int i = 0; i < MT; i++)                                                              \
-            for (int v = 0; v < NK_CV_NB; v++) acc[i][v] = first ? 0.0f : io[i * NK_CV_NB + v];  \
+            for (int v = 0; v < 16 * NV; v++) acc[i][v] = first ? 0.0f : io[i * NK_CV_NB + v];   \
         for (int64_t k = 0; k < kc; k++) {                                                        \
             const float *wk = w + k * NK_CV_NB, *sk = s + offs[k];                                \
             for (int i = 0; i < MT; i++)                                                          \
-                for (int v = 0; v < NK_CV_NB; v++) acc[i][v] += sk[i] * wk[v];                    \
+                for (int v = 0; v < 16 * NV; v++) acc[i][v] += sk[i] * wk[v];                    \
         }                                                                                         \
         for (int i = 0; i < MT; i++)                                                              \
-            for (int v = 0; v < NK_CV_NB; v++) io[i * NK_CV_NB + v] = acc[i][v];                  \
+            for (int v = 0; v < 16 * NV; v++) io[i * NK_CV_NB + v] = acc[i][v];                   \
     }
 #endif
 
-NK_CV_TILE(1)
-NK_CV_TILE(2)
-NK_CV_TILE(3)
-NK_CV_TILE(4)
-NK_CV_TILE(5)
-NK_CV_TILE(6)
-NK_CV_TILE(7)
+NK_CV_TILE(cv_tile_1, 1, 4)
+NK_CV_TILE(cv_tile_2, 2, 4)
+NK_CV_TILE(cv_tile_3, 3, 4)
+NK_CV_TILE(cv_tile_4, 4, 4)
+NK_CV_TILE(cv_tile_5, 5, 4)
+NK_CV_TILE(cv_tile_6, 6, 4)
+NK_CV_TILE(cv_tile_7, 7, 4)
+NK_CV_TILE(cv_half_1, 1, 2)
+NK_CV_TILE(cv_half_2, 2, 2)
+NK_CV_TILE(cv_half_3, 3, 2)
+NK_CV_TILE(cv_half_4, 4, 2)
+NK_CV_TILE(cv_half_5, 5, 2)
+NK_CV_TILE(cv_half_6, 6, 2)
+NK_CV_TILE(cv_half_7, 7, 2)
 
 typedef void (*cv_tile_fn)(int64_t, const float *, const float *, const int64_t *, float *, int);
-static const cv_tile_fn cv_tiles[NK_CV_MT + 1] = {NULL,      cv_tile_1, cv_tile_2, cv_tile_3,
-                                                  cv_tile_4, cv_tile_5, cv_tile_6, cv_tile_7};
+static const cv_tile_fn cv_tiles[2][NK_CV_MT + 1] = {
+    {NULL, cv_tile_1, cv_tile_2, cv_tile_3, cv_tile_4, cv_tile_5, cv_tile_6, cv_tile_7},
+    {NULL, cv_half_1, cv_half_2, cv_half_3, cv_half_4, cv_half_5, cv_half_6, cv_half_7}};
 
 typedef struct {
     convp_job c;        /* geometry (src, offs, PWh, ...) and the output */
@@ -701,6 +710,7 @@ static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
         if (r0 >= r1) continue;
         const float *sn = c->src + n * d->C * c->plane;
         const float *wb = c->w + ob * K * NK_CV_NB;
+        const cv_tile_fn *tiles = cv_tiles[O - ob * NK_CV_NB <= NK_CV_NB / 2];
         for (int64_t k0 = 0; k0 < K; k0 += NK_CV_KC) {
             int64_t kc = K - k0 < NK_CV_KC ? K - k0 : NK_CV_KC;
             for (int64_t r = r0; r < r1; r++) {
@@ -708,7 +718,7 @@ static void cvec_task(void *ctx, int64_t u0, int64_t u1) {
                     int64_t ox = t * NK_CV_MT;
                     int mt = (int)(OW - ox < NK_CV_MT ? OW - ox : NK_CV_MT);
                     float *tile = io + ((r - r0) * rt + t) * NK_CV_MT * NK_CV_NB;
-                    cv_tiles[mt](kc, wb + k0 * NK_CV_NB, sn + r * PWh + ox, c->offs + k0, tile,
+                    tiles[mt](kc, wb + k0 * NK_CV_NB, sn + r * PWh + ox, c->offs + k0, tile,
                                  k0 == 0);
                 }
             }
