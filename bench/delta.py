@@ -301,17 +301,17 @@ def verdict(results: dict[str, Any]) -> str:
     if "resnet50" in models and ratio(models["resnet50"]) > 2:
         lines.append(
             "  ResNet-50 (cpu target): after the copy into the arena, the native engine "
-            "re-packs every conv weight into its GEMM panel layout (an 8-wide interleave, "
-            "done in place but strided, in numpy), so each conv weight is written twice. "
-            "Packing in C, or keeping the packed panels as the weight's arena slot, would "
-            "bring it to the floor.")
+            "re-packs every conv weight into its kernel's layout (C packers on the engine's "
+            "threads, as fast as a memcpy), so each conv weight is still written twice. "
+            "Keeping only the packed copy as the weight's arena slot would bring it to the "
+            "floor.")
     if "gpt2" in models:
         lines.append(
-            "  GPT-2 writes its tied 154 MB embedding twice: as is (for the token lookup) and "
-            "transposed (the layout pass pre-transposes the LM head's MatMul operand). The "
-            "transposed copy is a strided move (blocked, but still ~4x a memcpy in numpy); "
-            "the other ~500 MB go at ~1.0x. A GEMM reading the operand transposed (BLAS "
-            "transB) would remove that slot and its cost.")
+            "  GPT-2 writes its tied 154 MB embedding three times: as is (for the token "
+            "lookup), transposed (the layout pass pre-transposes the LM head's MatMul "
+            "operand; a strided move in numpy, ~4x a memcpy) and packed for the GEMM kernel. "
+            "The other ~500 MB go at ~1-2x. Packing the LM head straight from the untransposed "
+            "embedding would remove the transposed slot and its cost.")
     ort = [(r["title"], r["delta"]["ort_s"] / r["delta"]["all_s"],
             r["delta"]["ort_s"] / r["delta"]["all_memcpy_s"])
            for k, r in models.items() if k in ("bert", "gpt2") and r["delta"]["ort_s"]]
