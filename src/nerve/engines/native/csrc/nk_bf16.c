@@ -273,6 +273,23 @@ static void scalar_block(int64_t kcp, const uint32_t *a, int64_t lda, const uint
 #if NK_BF16_X86
 /* C[mr x nr] (+)= A . B over kcp pairs: A rows of bf16 pairs (row stride lda pairs), B one
  * packed tile [kcp][NR][2] at its K block. MR x NV accumulators (NV vectors of 16 columns). */
+/* Rows [0, mr) of an MR x NV-vector accumulator tile into c (row stride ldc), through the
+ * column masks, adding what c holds when `accumulate`. Uses the kernel's own names (acc, mask,
+ * mr, c, ldc, accumulate). */
+#define NK_BF16_STORE(MR, NV)                                                                     \
+    do {                                                                                          \
+        _Pragma("GCC unroll 12") for (int i = 0; i < MR; i++) {                                   \
+            if (i >= mr) break;                                                                   \
+            float *row = c + i * ldc;                                                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                                \
+                __m512 r = acc[i][v];                                                             \
+                if (accumulate)                                                                   \
+                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));           \
+                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
 #define NK_BF16_UKERNEL(NV)                                                                       \
     NK_TARGET_BF16 static void ukernel_bf16_##NV(int64_t kcp, const uint32_t *a, int64_t lda,    \
                                                  const uint16_t *b, float *c, int64_t ldc,       \
@@ -295,16 +312,7 @@ static void scalar_block(int64_t kcp, const uint32_t *a, int64_t lda, const uint
             int left = nr - 16 * v;                                                               \
             mask[v] = (__mmask16)nk_tail_mask(left);                                              \
         }                                                                                         \
-        _Pragma("GCC unroll 12") for (int i = 0; i < NK_BF16_MR; i++) {                           \
-            if (i >= mr) break;                                                                   \
-            float *row = c + i * ldc;                                                             \
-            _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) {                                \
-                __m512 r = acc[i][v];                                                             \
-                if (accumulate)                                                                   \
-                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));           \
-                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
-            }                                                                                     \
-        }                                                                                         \
+        NK_BF16_STORE(NK_BF16_MR, NV);                                                      \
     }
 
 NK_BF16_UKERNEL(1)
@@ -731,16 +739,7 @@ static void bconv_scalar(int64_t kcp, const uint32_t *a, const uint32_t *b, cons
                     acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);                           \
             }                                                                                     \
         }                                                                                         \
-        _Pragma("GCC unroll 8") for (int i = 0; i < NK_MR; i++) {                                 \
-            if (i >= mr) break;                                                                   \
-            float *row = c + i * ldc;                                                             \
-            _Pragma("GCC unroll 3") for (int v = 0; v < NV; v++) {                                \
-                __m512 r = acc[i][v];                                                             \
-                if (accumulate)                                                                   \
-                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], row + 16 * v));           \
-                _mm512_mask_storeu_ps(row + 16 * v, mask[v], r);                                  \
-            }                                                                                     \
-        }                                                                                         \
+        NK_BF16_STORE(NK_MR, NV);                                                           \
     }
 
 NK_BF16_CKERNEL(1)
